@@ -1,0 +1,3 @@
+from multigeometry.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""Typed, validated params: `params.yaml` parsed once into frozen dataclasses.
+
+Every knob of the project lives in `params.yaml`. `load_params` turns it into a `Params` tree; any unknown key,
+wrong type, out-of-range number or unknown choice is a `ParamsError` that names the dotted key, the value and what
+is allowed. Overrides use the dotted keys of `dvc exp run -S` (`train.lr=1e-4`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+MODALITIES = ("image", "text", "audio", "code")
+Modality = Literal["image", "text", "audio", "code"]
+SPLITS = ("train", "val", "test")
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+def bounded(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:  # noqa: A002
+    """A field whose numeric value must lie in [min, max]."""
+    return field(default=default, metadata={"min": min, "max": max, "doc": doc})
+
+
+def _list(default: list | tuple, **meta: Any) -> Any:
+    return field(default_factory=lambda: tuple(default), metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = bounded(0.8, min=0.0, max=1.0)
+    val: float = bounded(0.1, min=0.0, max=1.0)
+    test: float = bounded(0.1, min=0.0, max=1.0)
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ParamsError(f"data.splits: fractions must add up to 1, got {total:g} ({self})")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The embedded generated world (`data.source: world`)."""
+
+    n_items: int = bounded(600, min=1)
+    captions_per_item: int = bounded(1, min=1, max=8)
+    image_size: int = bounded(96, min=32, max=1024)
+    image_format: Literal["png", "jpg"] = "png"
+    max_objects: int = bounded(2, min=1, max=2)
+    noise: float = bounded(6.0, min=0.0, max=64.0)
+    audio: bool = True
+    audio_sample_rate: int = bounded(16000, min=8000, max=48000)
+    workers: int = bounded(2, min=1, max=64)
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """A Hugging Face `datasets` source (`data.source: hf:<name or path>`)."""
+
+    layout: Literal["flickr30k", "audio_caption", "code_docstring", "generic"] = "generic"
+    config: str = ""
+    data_files: tuple[str, ...] = ()
+    load_split: str = ""
+    split_column: str = ""
+    group_column: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    hierarchy_columns: tuple[str, ...] = ()
+    split_names: dict[str, str] = field(default_factory=dict)
+    max_rows: int = bounded(0, min=0)
+
+
+@dataclass(frozen=True)
+class StdlibCodeConfig:
+    """Code–docstring pairs from the running interpreter's standard library (`data.source: stdlib-code`)."""
+
+    max_samples: int = bounded(2000, min=1)
+    min_doc_chars: int = bounded(16, min=1)
+    max_code_lines: int = bounded(60, min=3)
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "world"
+    source: str = "world"
+    splits: SplitFractions = field(default_factory=SplitFractions)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    stdlib_code: StdlibCodeConfig = field(default_factory=StdlibCodeConfig)
+
+    def __post_init__(self) -> None:
+        kind = self.source.split(":", 1)[0]
+        if kind not in ("world", "hf", "folder", "stdlib-code"):
+            raise ParamsError(
+                f"data.source: unknown source {self.source!r}; allowed: 'world', 'hf:<dataset or path>', "
+                "'folder:<path>', 'stdlib-code'"
+            )
+        if kind in ("hf", "folder") and not self.source.partition(":")[2]:
+            raise ParamsError(f"data.source: {self.source!r} needs a name or path after '{kind}:'")
+        if not self.dataset or "/" in self.dataset or self.dataset.startswith("."):
+            raise ParamsError(f"data.dataset: {self.dataset!r} must be a plain folder name")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    max_bad_fraction: float = bounded(0.05, min=0.0, max=1.0)
+    modalities: tuple[Modality, ...] = _list(["image", "text", "audio", "code"])
+    text_min_chars: int = bounded(1, min=1)
+    text_max_chars: int = bounded(2000, min=1)
+    image_min_side: int = bounded(32, min=1)
+    audio_sample_rates: tuple[int, ...] = _list([16000, 22050, 24000, 32000, 44100, 48000])
+    audio_min_seconds: float = bounded(0.2, min=0.0)
+    audio_max_seconds: float = bounded(30.0, min=0.0)
+    audio_min_rms: float = bounded(1e-4, min=0.0)
+    data_docs: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pairing, model and loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    a: Modality = "image"
+    b: Modality = "text"
+    weight: float = bounded(1.0, min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.a == self.b:
+            raise ParamsError(f"pairs.pairs: a pair needs two different modalities, got {self.a!r} twice")
+
+
+@dataclass(frozen=True)
+class DatasetPairConfig:
+    """Which modalities are paired for training and evaluation, and how several pairings are mixed."""
+
+    pairs: tuple[PairSpec, ...] = field(
+        default_factory=lambda: (
+            PairSpec("image", "text"),
+            PairSpec("audio", "text"),
+            PairSpec("code", "text"),
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise ParamsError("pairs.pairs: at least one pair of modalities is needed")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    geometry: Literal["mixture", "cone", "point"] = "mixture"
+    embed_dim: int = bounded(128, min=2)
+    n_components: int = bounded(4, min=1, max=64)
+    logvar_min: float = -9.0
+    logvar_max: float = 2.0
+    theta_min: float = bounded(0.05, min=0.0, max=3.14159)
+    theta_max: float = bounded(1.2, min=0.0, max=3.14159)
+
+    def __post_init__(self) -> None:
+        if self.logvar_min >= self.logvar_max:
+            raise ParamsError(
+                f"model.logvar_min ({self.logvar_min}) must be below model.logvar_max ({self.logvar_max})"
+            )
+        if self.theta_min >= self.theta_max:
+            raise ParamsError(f"model.theta_min ({self.theta_min}) must be below model.theta_max ({self.theta_max})")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    similarity: Literal["csd", "product_kernel", "point"] = "csd"
+    csd_tau: float = bounded(1.0, min=1e-6)
+    init_logit_scale: float = bounded(1 / 0.07, min=1e-3)
+    max_logit_scale: float = bounded(100.0, min=1e-3)
+    label_smoothing: float = bounded(0.0, min=0.0, max=0.5)
+    entropy_weight: float = 0.0
+    kl_weight: float = bounded(1e-5, min=0.0)
+    sinkhorn_weight: float = bounded(0.0, min=0.0)
+    sinkhorn_reg: float = bounded(0.1, min=1e-6)
+    sinkhorn_iters: int = bounded(50, min=1)
+    entailment_weight: float = bounded(0.2, min=0.0)
+    gather_with_grad: bool = True
+    local_loss: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the whole tree
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = bounded(0, min=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    pairs: DatasetPairConfig = field(default_factory=DatasetPairConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def section_hash(self, *keys: str) -> str:
+        """A stable hash of the named sections (dotted keys), for stamps and cache keys."""
+        plain = self.to_dict()
+        picked = {k: _get_dotted(plain, k) for k in sorted(keys)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _get_dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# building dataclasses from plain data, with errors that name the key
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _build(option, value, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} is not {' or '.join(_type_name(t) for t in typing.get_args(tp))}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ParamsError(f"{key}: {value!r} is not allowed; allowed: {', '.join(repr(a) for a in allowed)}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_build(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        _kt, vt = typing.get_args(tp)
+        return {str(k): _build(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp!r} at {key}")
+
+
+def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build `cls` from a mapping; missing keys take their defaults, unknown keys are errors."""
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            raise ParamsError(f"{dotted}: unknown key{hint} Valid keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        dotted = f"{prefix}.{name}" if prefix else name
+        value = _build(hints[name], raw[name], dotted)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if is_number and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ParamsError(f"{dotted}: {value!r} is out of range; allowed: {rng}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - a dataclass check that is not a ParamsError
+        raise ParamsError(f"{where}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# overrides and loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML, as `dvc exp run -S` does."""
+    if "=" not in assignment:
+        raise ParamsError(f"override {assignment!r}: expected key=value")
+    key, _, text = assignment.partition("=")
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"override {assignment!r}: empty key")
+    value = yaml.safe_load(text) if text.strip() else ""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ParamsError(f"override {assignment!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def params_from_dict(raw: dict | None, overrides: typing.Iterable[str] = ()) -> Params:
+    tree = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return build_dataclass(Params, tree)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return params_from_dict(raw, overrides)
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from e

@@ -1,0 +1,98 @@
+"""The raw manifest: one row a sample, the same columns for every source (see DESIGN.md, "Data contracts").
+
+Columns:
+- `sample_id` (unique), `group_id` (samples describing the same thing share it), `split` (train/val/test);
+- `image`, `audio`, `code`: paths relative to the dataset folder, or None; `text`: the caption itself, or None;
+- `hierarchy`: the row's more general descriptions, most general first (may be empty);
+- `concepts`: the concept set of the row's own description; `hierarchy_concepts`: one concept set per hierarchy
+  level. "A is more general than B" is `concepts(A) ⊆ concepts(B)`, for any source: sources that know no concepts
+  get them derived from the hierarchy by `derive_concepts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from multigeometry.config import MODALITIES, SPLITS, SplitFractions
+
+MANIFEST = "manifest.parquet"
+COLUMNS = ("sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts")
+
+
+@dataclass
+class ManifestRow:
+    sample_id: str
+    group_id: str
+    split: str | None = None
+    image: str | None = None
+    text: str | None = None
+    audio: str | None = None
+    code: str | None = None
+    hierarchy: list[str] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)
+    hierarchy_concepts: list[list[str]] = field(default_factory=list)
+
+
+def derive_concepts(row: ManifestRow) -> None:
+    """Give a row without explicit concepts the concept sets implied by its hierarchy (prefix inclusion)."""
+    if row.concepts:
+        return
+    levels = [f"L{i}:{h}" for i, h in enumerate(row.hierarchy)]
+    row.hierarchy_concepts = [levels[: i + 1] for i in range(len(levels))]
+    row.concepts = [*levels, f"text:{row.text if row.text is not None else row.sample_id}"]
+
+
+def split_of(group_id: str, seed: int, fractions: SplitFractions) -> str:
+    """A deterministic split for a group: every sample of one group lands in the same split."""
+    digest = hashlib.sha256(f"{seed}:{group_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions.train:
+        return "train"
+    if u < fractions.train + fractions.val:
+        return "val"
+    return "test"
+
+
+def to_frame(rows: Iterable[ManifestRow], seed: int, fractions: SplitFractions) -> pd.DataFrame:
+    """The manifest of `rows`: splits assigned where the source gave none, concepts derived, columns in order."""
+    records = []
+    for row in rows:
+        derive_concepts(row)
+        if row.split is None:
+            row.split = split_of(row.group_id, seed, fractions)
+        if row.split not in SPLITS:
+            raise ValueError(f"sample {row.sample_id!r}: split {row.split!r} is not one of {', '.join(SPLITS)}")
+        records.append({c: getattr(row, c) for c in COLUMNS})
+    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    for column in ("sample_id", "group_id", "split", *MODALITIES):
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(COLUMNS)}")
+    for column in ("hierarchy", "concepts", "hierarchy_concepts"):
+        frame[column] = frame[column].map(_as_list)
+    return frame
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    return [_as_list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for v in value]
+
+
+def present_modalities(frame: pd.DataFrame) -> list[str]:
+    return [m for m in MODALITIES if frame[m].notna().any()]
+
+
+def modality_columns(frame: pd.DataFrame, modalities: Sequence[str]) -> pd.DataFrame:
+    return frame[[m for m in modalities if m in frame.columns]]

@@ -1,0 +1,108 @@
+"""The embedded default dataset: a generated multimodal world, deterministic from the seed.
+
+Every item is one scene with an image, captions at four levels of generality, the most specific caption spoken by
+eSpeak NG, and a program that draws it. The most specific caption is the row's text; the three more general ones are
+its hierarchy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from multigeometry.config import WorldConfig
+from multigeometry.data.manifest import ManifestRow
+from multigeometry.data.world.program import program
+from multigeometry.data.world.render import place, render
+from multigeometry.data.world.scene import LEVELS, caption, level_concepts, sample_scene
+from multigeometry.data.world.speech import LANGUAGES, VOICE_VARIANTS, Voice, speak
+
+log = logging.getLogger(__name__)
+
+
+def item_id(index: int) -> str:
+    return f"w{index:06d}"
+
+
+def random_voice(rng: np.random.Generator) -> Voice:
+    return Voice(
+        language=LANGUAGES[int(rng.integers(len(LANGUAGES)))],
+        variant=VOICE_VARIANTS[int(rng.integers(len(VOICE_VARIANTS)))],
+        rate=int(rng.integers(130, 211)),
+        pitch=int(rng.integers(25, 76)),
+        pitch_range=int(rng.integers(30, 81)),
+    )
+
+
+def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[ManifestRow]:
+    """Write one item's media under `staging` and return its rows (one per caption paraphrase)."""
+    rng = np.random.default_rng([seed, index])
+    gid = item_id(index)
+    scene = sample_scene(rng, cfg.max_objects)
+    placements = place(scene, cfg.image_size, rng)
+
+    image = render(scene, placements, cfg.image_size, cfg.noise, rng)
+    image_path = f"image/{gid}.{cfg.image_format}"
+    buf = io.BytesIO()
+    image.save(buf, format="PNG" if cfg.image_format == "png" else "JPEG", quality=92)
+    (staging / image_path).write_bytes(buf.getvalue())
+
+    code_path = f"code/{gid}.py"
+    (staging / code_path).write_text(program(scene, placements, cfg.image_size, rng))
+
+    captions = [caption(scene, LEVELS - 1, rng) for _ in range(cfg.captions_per_item)]
+    hierarchy = [caption(scene, level, rng) for level in range(LEVELS - 1)]
+    hierarchy_concepts = [level_concepts(scene, level) for level in range(LEVELS - 1)]
+    concepts = level_concepts(scene, LEVELS - 1)
+
+    audio_path = None
+    if cfg.audio:
+        audio_path = f"audio/{gid}.flac"
+        samples = speak(captions[0], random_voice(rng), cfg.audio_sample_rate)
+        sf.write(staging / audio_path, samples, cfg.audio_sample_rate, format="FLAC", subtype="PCM_16")
+
+    return [
+        ManifestRow(
+            sample_id=gid if cfg.captions_per_item == 1 else f"{gid}-{c}",
+            group_id=gid,
+            image=image_path,
+            text=text,
+            audio=audio_path,
+            code=code_path,
+            hierarchy=list(hierarchy),
+            concepts=list(concepts),
+            hierarchy_concepts=[list(c) for c in hierarchy_concepts],
+        )
+        for c, text in enumerate(captions)
+    ]
+
+
+def _make_item_star(args: tuple[Path, WorldConfig, int, int]) -> list[ManifestRow]:
+    return make_item(*args)
+
+
+def world_rows(staging: Path, cfg: WorldConfig, seed: int) -> list[ManifestRow]:
+    for sub in ("image", "code", "audio"):
+        (staging / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(staging, cfg, seed, i) for i in range(cfg.n_items)]
+    rows: list[ManifestRow] = []
+    progress = tqdm(total=cfg.n_items, desc="world", unit="item", disable=None)
+    if cfg.workers == 1 or cfg.n_items < 8:
+        for job in jobs:
+            rows.extend(_make_item_star(job))
+            progress.update()
+    else:
+        # spawn, not fork: the parent may hold torch's threads, and fork with threads can deadlock
+        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+            for item_rows in pool.imap(_make_item_star, jobs, chunksize=8):
+                rows.extend(item_rows)
+                progress.update()
+    progress.close()
+    log.info("world: %d items, %d rows", cfg.n_items, len(rows))
+    return rows

@@ -1,0 +1,166 @@
+"""The world's scenes: objects with a shape, colour, size and position, their captions at four levels of generality,
+and the concept sets that make "A is more general than B" (`concepts(A) ⊆ concepts(B)`) and composition derivable
+from the manifest alone.
+
+Concept atoms are bound to one object: `obj(color=red,shape=circle)` means "some object is a red circle", so a caption
+about a red circle is not contained in a scene of a red square beside a blue circle. Every caption's concept set is
+downward closed (it holds every sub-description of each object it names), so containment is plain set inclusion.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "pentagon")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 200),
+    "yellow": (240, 200, 20),
+    "orange": (255, 127, 14),
+    "purple": (128, 50, 170),
+    "pink": (240, 120, 190),
+    "brown": (140, 86, 55),
+    "black": (20, 20, 20),
+}
+SIZES = ("small", "large")
+POSITIONS = ("left", "right", "top", "bottom", "centre")
+RELATIONS = ("left of", "right of", "above", "below")
+_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_POSITION_PHRASES = {
+    "left": ("on the left", "at the left", "in the left half"),
+    "right": ("on the right", "at the right", "in the right half"),
+    "top": ("at the top", "near the top", "in the upper part"),
+    "bottom": ("at the bottom", "near the bottom", "in the lower part"),
+    "centre": ("in the centre", "in the middle", "at the centre"),
+}
+LEVELS = 4  # 0: "a shape" ... 3: the full scene
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    color: str
+    size: str
+
+    def attributes(self) -> dict[str, str]:
+        return {"shape": self.shape, "color": self.color, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    position: str | None = None  # single object: where it is
+    relation: str | None = None  # two objects: objects[0] <relation> objects[1]
+
+
+def sample_scene(rng: np.random.Generator, max_objects: int) -> Scene:
+    n = int(rng.integers(1, max_objects + 1))
+    objects = tuple(
+        SceneObject(
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            color=list(COLORS)[int(rng.integers(len(COLORS)))],
+            size=SIZES[int(rng.integers(len(SIZES)))],
+        )
+        for _ in range(n)
+    )
+    if n == 1:
+        return Scene(objects, position=POSITIONS[int(rng.integers(len(POSITIONS)))])
+    if objects[0] == objects[1]:  # two identical objects cannot be told apart by a relation
+        other = [c for c in COLORS if c != objects[0].color]
+        objects = (objects[0], SceneObject(objects[1].shape, other[int(rng.integers(len(other)))], objects[1].size))
+    return Scene(objects, relation=RELATIONS[int(rng.integers(len(RELATIONS)))])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# concepts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def atom(**attributes: str) -> str:
+    return "obj(" + ",".join(f"{k}={v}" for k, v in sorted(attributes.items())) + ")"
+
+
+def closure(attributes: dict[str, str]) -> set[str]:
+    """Every sub-description of one object, the empty one ("a shape") included."""
+    keys = sorted(attributes)
+    return {
+        atom(**{k: attributes[k] for k in subset})
+        for r in range(len(keys) + 1)
+        for subset in itertools.combinations(keys, r)
+    }
+
+
+_LEVEL_KEYS = ((), ("shape",), ("color", "shape"), ("color", "shape", "size"))
+
+
+def level_concepts(scene: Scene, level: int) -> list[str]:
+    """The concept set of the scene's caption at `level` (0 = most general)."""
+    concepts: set[str] = set()
+    for obj in scene.objects:
+        concepts |= closure({k: obj.attributes()[k] for k in _LEVEL_KEYS[level]})
+    if len(scene.objects) == 2:
+        concepts.add("count=2")
+    if level == LEVELS - 1:
+        full = [atom(**o.attributes()) for o in scene.objects]
+        if scene.position is not None:
+            concepts.add(f"at({full[0]},{scene.position})")
+        else:
+            concepts.add(_relation_atom(scene.relation or "", full[0], full[1]))
+    return sorted(concepts)
+
+
+def _relation_atom(relation: str, a: str, b: str) -> str:
+    # "B right of A" says the same as "A left of B": keep one canonical form
+    if relation in ("right of", "below"):
+        relation, a, b = _INVERSE[relation], b, a
+    return f"rel({relation.replace(' ', '_')},{a},{b})"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# captions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _noun_phrase(obj: SceneObject, keys: tuple[str, ...], rng: np.random.Generator) -> str:
+    if keys == ("shape",):
+        return _a(obj.shape)
+    if keys == ("color", "shape"):
+        return _choose(rng, (_a(f"{obj.color} {obj.shape}"), f"{_a(obj.shape)} that is {obj.color}"))
+    return _choose(
+        rng, (_a(f"{obj.size} {obj.color} {obj.shape}"), f"{_a(f'{obj.size} {obj.shape}')} coloured {obj.color}")
+    )
+
+
+def _choose(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def caption(scene: Scene, level: int, rng: np.random.Generator) -> str:
+    """One paraphrase of the scene's caption at `level`; `rng` picks the template."""
+    two = len(scene.objects) == 2
+    if level == 0:
+        if two:
+            return _choose(rng, ("two shapes", "two objects", "a pair of shapes", "a picture of two shapes"))
+        return _choose(rng, ("a shape", "an object", "a picture of a shape", "a single shape"))
+    keys = _LEVEL_KEYS[level]
+    phrases = [_noun_phrase(o, keys, rng) for o in scene.objects]
+    if level < LEVELS - 1:
+        if two:
+            first, second = phrases if rng.random() < 0.5 else phrases[::-1]
+            return _choose(rng, (f"{first} and {second}", f"a picture of {first} and {second}"))
+        return _choose(rng, (phrases[0], f"a picture of {phrases[0]}", f"an image showing {phrases[0]}"))
+    if two:
+        relation = scene.relation or ""
+        if rng.random() < 0.5:
+            return f"{phrases[0]} {relation} {phrases[1]}"
+        return f"{phrases[1]} {_INVERSE[relation]} {phrases[0]}"
+    where = _choose(rng, _POSITION_PHRASES[scene.position or "centre"])
+    return _choose(rng, (f"{phrases[0]} {where}", f"{where}, {phrases[0]}"))

@@ -1,0 +1,15 @@
+"""Where each stage reads and writes, relative to the project root (DESIGN.md, "Data contracts")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multigeometry.config import Params
+
+
+def raw_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "raw" / params.data.dataset
+
+
+def validated_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "validated" / params.data.dataset

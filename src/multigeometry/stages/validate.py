@@ -1,0 +1,87 @@
+"""Stage `validate`: check the raw manifest and media; passed rows, quarantine and report into
+`data/validated/<dataset>/`."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from multigeometry.config import Params
+from multigeometry.data.manifest import MANIFEST, read_manifest
+from multigeometry.data.validation.manifest_suite import run_manifest_suite
+from multigeometry.data.validation.media import media_failures
+from multigeometry.io import atomic_dir, write_json_atomic
+from multigeometry.paths import raw_dir, validated_dir
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine.parquet"
+REPORT = "report.json"
+DATA_DOCS = "data_docs"
+
+
+class ValidationFailed(RuntimeError):
+    """Too large a fraction of the dataset was quarantined."""
+
+
+def validate(params: Params, root: Path = Path(".")) -> Path:
+    cfg = params.validate
+    source = raw_dir(params, root)
+    manifest_path = source / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no raw manifest; run `multigeometry prepare` first")
+    frame = read_manifest(manifest_path)
+    out = validated_dir(params, root)
+
+    with atomic_dir(out) as staging:
+        docs = staging / DATA_DOCS if cfg.data_docs else None
+        failures, expectations = run_manifest_suite(frame, source, cfg, docs)
+        for index, found in media_failures(frame, source, cfg).items():
+            failures.setdefault(index, []).extend(found)
+
+        bad = frame.index.isin(list(failures))
+        passed = frame[~bad].reset_index(drop=True)
+        quarantined = frame[bad].copy()
+        quarantined["reasons"] = [sorted({r for r, _ in failures[i]}) for i in quarantined.index]
+        quarantined["details"] = ["; ".join(f"{r}: {d}" for r, d in failures[i]) for i in quarantined.index]
+        passed.to_parquet(staging / MANIFEST, index=False)
+        quarantined.reset_index(drop=True).to_parquet(staging / QUARANTINE, index=False)
+
+        per_reason = Counter(r for reasons in quarantined["reasons"] for r in reasons)
+        # each quarantined row once, under its first reason, so that these add up to rows_quarantined
+        per_first_reason = Counter(reasons[0] for reasons in quarantined["reasons"])
+        fraction = float(bad.mean()) if len(frame) else 0.0
+        report = {
+            "rows_in": len(frame),
+            "rows_passed": len(passed),
+            "rows_quarantined": len(quarantined),
+            "quarantined_fraction": round(fraction, 6),
+            "max_bad_fraction": cfg.max_bad_fraction,
+            "per_reason": dict(sorted(per_reason.items())),
+            "per_first_reason": dict(sorted(per_first_reason.items())),
+            "passed_per_split": _counts(passed["split"]),
+            "expectations": expectations,
+            "raw_dir": str(source),
+        }
+        write_json_atomic(staging / REPORT, report)
+
+    log.info(
+        "validate: %d rows in, %d passed, %d quarantined (%s)",
+        len(frame),
+        len(passed),
+        len(quarantined),
+        ", ".join(f"{k}={v}" for k, v in sorted(per_reason.items())) or "none",
+    )
+    if fraction > cfg.max_bad_fraction:
+        raise ValidationFailed(
+            f"{out / QUARANTINE}: {len(quarantined)} of {len(frame)} rows quarantined ({fraction:.1%}), more than "
+            f"validate.max_bad_fraction={cfg.max_bad_fraction:.1%}; reasons: {dict(per_reason)}"
+        )
+    return out
+
+
+def _counts(column: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in column.value_counts().sort_index().items()}
