@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -246,6 +247,9 @@ def _get_dotted(tree: dict, key: str) -> Any:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+_FLOAT_1_2 = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -296,6 +300,8 @@ def _build(tp: Any, value: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_1_2.fullmatch(value.strip()):
+            return float(value)  # YAML 1.2 (DVC's ruamel) reads 1e-3 as a number; PyYAML's 1.1 reads a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)

@@ -15,10 +15,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from multigeometry.config import MODALITIES, SPLITS, SplitFractions
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worker processes need only the rows
+    import pandas as pd
 
 MANIFEST = "manifest.parquet"
 COLUMNS = ("sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts")
@@ -60,6 +62,8 @@ def split_of(group_id: str, seed: int, fractions: SplitFractions) -> str:
 
 def to_frame(rows: Iterable[ManifestRow], seed: int, fractions: SplitFractions) -> pd.DataFrame:
     """The manifest of `rows`: splits assigned where the source gave none, concepts derived, columns in order."""
+    import pandas as pd
+
     records = []
     for row in rows:
         derive_concepts(row)
@@ -75,6 +79,8 @@ def to_frame(rows: Iterable[ManifestRow], seed: int, fractions: SplitFractions) 
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.read_parquet(path)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:

@@ -83,26 +83,31 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
     ]
 
 
-def _make_item_star(args: tuple[Path, WorldConfig, int, int]) -> list[ManifestRow]:
-    return make_item(*args)
+# eSpeak NG keeps state across utterances that no call resets (its pitch flutter runs on a process-wide clock), so
+# an item's audio depends on what its process said before. Items are therefore made in fixed blocks, each in a fresh
+# process: the bytes of item i depend on the seed and i alone, not on the number of workers or their scheduling.
+BLOCK = 50
+
+
+def _make_block(args: tuple[Path, WorldConfig, int, int, int]) -> list[list[ManifestRow]]:
+    staging, cfg, seed, start, stop = args
+    return [make_item(staging, cfg, seed, i) for i in range(start, stop)]
 
 
 def world_rows(staging: Path, cfg: WorldConfig, seed: int) -> list[ManifestRow]:
     for sub in ("image", "code", "audio"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(staging, cfg, seed, i) for i in range(cfg.n_items)]
+    blocks = [(staging, cfg, seed, i, min(i + BLOCK, cfg.n_items)) for i in range(0, cfg.n_items, BLOCK)]
     rows: list[ManifestRow] = []
-    progress = tqdm(total=cfg.n_items, desc="world", unit="item", disable=None)
-    if cfg.workers == 1 or cfg.n_items < 8:
-        for job in jobs:
-            rows.extend(_make_item_star(job))
-            progress.update()
-    else:
-        # spawn, not fork: the parent may hold torch's threads, and fork with threads can deadlock
-        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
-            for item_rows in pool.imap(_make_item_star, jobs, chunksize=8):
+    # spawn, not fork: the parent may hold torch's threads, and fork with threads can deadlock
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Pool(min(cfg.workers, len(blocks)), maxtasksperchild=1) as pool,
+        tqdm(total=cfg.n_items, desc="world", unit="item", disable=None) as progress,
+    ):
+        for block in pool.imap(_make_block, blocks):
+            for item_rows in block:
                 rows.extend(item_rows)
-                progress.update()
-    progress.close()
+            progress.update(len(block))
     log.info("world: %d items, %d rows", cfg.n_items, len(rows))
     return rows

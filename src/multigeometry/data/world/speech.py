@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
 
@@ -75,6 +76,9 @@ class Speaker:
                 raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
             for parameter, value in ((_RATE, voice.rate), (_PITCH, voice.pitch), (_RANGE, voice.pitch_range)):
                 self._lib.espeak_SetParameter(parameter, value, 0)
+            # eSpeak's noise generator carries over between utterances: reseed it so that each one depends on
+            # its own text and voice only, whatever this process said before
+            self._lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
             self._chunks = []
             data = text.encode() + b"\0"
             err = self._lib.espeak_Synth(
@@ -89,15 +93,27 @@ class Speaker:
         return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
+def resample(audio: np.ndarray, from_rate: int, to_rate: int, half_width: int = 16, beta: float = 8.0) -> np.ndarray:
+    """Band-limited polyphase resampling by a Kaiser-windowed sinc, in numpy (scipy.signal costs a second to import in
+    every worker process)."""
+    g = gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    n_out = len(audio) * up // down
+    cutoff = min(1.0, up / down)
+    offsets = np.arange(-half_width + 1, half_width + 1)
+    distance = (np.arange(up) / up)[:, None] - offsets[None, :]  # one row of taps per output phase
+    window = np.i0(beta * np.sqrt(np.clip(1 - (distance / half_width) ** 2, 0, None))) / np.i0(beta)
+    table = cutoff * np.sinc(cutoff * distance) * window
+    numerators = np.arange(n_out) * down
+    taps = (numerators // up)[:, None] + offsets[None, :]
+    padded = np.concatenate([np.zeros(half_width), audio, np.zeros(half_width + 1)])
+    return (padded[taps + half_width] * table[numerators % up]).sum(axis=1).astype(np.float32)
+
+
 def speak(text: str, voice: Voice, sample_rate: int) -> np.ndarray:
     """`text` spoken by `voice`, resampled to `sample_rate`."""
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
     speaker = Speaker.get()
     audio = speaker.say(text, voice)
     if speaker.sample_rate != sample_rate:
-        g = gcd(speaker.sample_rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, speaker.sample_rate // g).astype(np.float32)
+        audio = resample(audio, speaker.sample_rate, sample_rate)
     return np.clip(audio, -1.0, 1.0)

@@ -1,0 +1,83 @@
+"""`dvc repro` end to end on tiny params in a temporary copy of the repository (git and DVC initialised)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(cwd / "src")
+    env["DVC_NO_ANALYTICS"] = "1"
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def _set(repo: Path, key: str, value) -> None:
+    path = repo / "params.yaml"
+    tree = yaml.safe_load(path.read_text())
+    node = tree
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+@pytest.fixture()
+def repo_copy(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+        shutil.copy2(REPO / name, repo / name)
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(REPO / ".dvc" / name, repo / ".dvc" / name)
+    _set(repo, "data.world.n_items", 10)
+    _set(repo, "data.world.image_size", 48)
+    _set(repo, "data.world.workers", 1)
+    _set(repo, "validate.image_min_side", 16)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        _run(cmd, repo)
+    return repo
+
+
+def test_repro_reruns_exactly_what_changed(repo_copy: Path):
+    first = _run(["dvc", "repro"], repo_copy)
+    assert _ran(first) == ["prepare", "validate"]
+    assert (repo_copy / "data/validated/world/manifest.parquet").is_file()
+    assert (repo_copy / "data/validated/world/report.json").is_file()
+
+    again = _run(["dvc", "repro"], repo_copy)
+    assert _ran(again) == []
+
+    _set(repo_copy, "validate.max_bad_fraction", 0.5)  # a validate knob: only validate re-runs
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["validate"]
+
+    _set(repo_copy, "model.embed_dim", 16)  # a knob no data stage reads: nothing re-runs
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == []
+
+    _set(repo_copy, "data.world.n_items", 11)  # a data knob: both re-run
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate"]
+
+    metrics = _run(["dvc", "metrics", "show"], repo_copy)
+    assert "rows_passed" in metrics and "11" in metrics

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import ast
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from multigeometry.config import WorldConfig
+from multigeometry.data.sources.world import world_rows
+from multigeometry.data.world.scene import COLORS, LEVELS, SHAPES, Scene, SceneObject, caption, level_concepts
+
+
+def _digest(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w")
+    rows = world_rows(root, WorldConfig(n_items=24, workers=2, image_size=64), seed=3)
+    return root, rows
+
+
+def test_world_has_the_required_variety():
+    assert len(SHAPES) >= 6
+    assert len(COLORS) >= 8
+    assert LEVELS >= 4
+
+
+def test_every_item_has_four_modalities_and_a_hierarchy(world):
+    root, rows = world
+    assert len(rows) == 24
+    for row in rows:
+        for rel in (row.image, row.audio, row.code):
+            assert (root / rel).is_file()
+        assert row.text
+        assert len(row.hierarchy) == LEVELS - 1
+        image = Image.open(root / row.image)
+        assert image.size == (64, 64)
+        ast.parse((root / row.code).read_text())
+        info = sf.info(root / row.audio)
+        assert info.samplerate == 16000 and info.channels == 1
+        assert 0.5 < info.duration < 10
+
+
+def test_concepts_nest_from_general_to_specific(world):
+    _root, rows = world
+    for row in rows:
+        levels = [set(c) for c in row.hierarchy_concepts] + [set(row.concepts)]
+        for general, specific in zip(levels, levels[1:], strict=False):
+            assert general < specific, (row.sample_id, general - specific)
+
+
+def test_containment_across_items_is_bound_to_one_object():
+    red_circle_blue_square = Scene((SceneObject("circle", "red", "small"), SceneObject("square", "blue", "large")),
+                                   relation="left of")
+    red_square_blue_circle = Scene((SceneObject("square", "red", "small"), SceneObject("circle", "blue", "large")),
+                                   relation="left of")
+    a_red_circle = set(level_concepts(Scene((SceneObject("circle", "red", "large"),), position="left"), 2))
+    assert a_red_circle <= set(level_concepts(red_circle_blue_square, LEVELS - 1))
+    assert not a_red_circle <= set(level_concepts(red_square_blue_circle, LEVELS - 1))
+
+
+def test_relation_concept_is_the_same_for_either_phrasing():
+    a, b = SceneObject("circle", "red", "small"), SceneObject("square", "blue", "large")
+    assert level_concepts(Scene((a, b), relation="left of"), 3) == level_concepts(Scene((b, a), relation="right of"), 3)
+
+
+def test_captions_have_several_paraphrases_per_level():
+    scene = Scene((SceneObject("circle", "red", "small"),), position="left")
+    rng = np.random.default_rng(0)
+    for level in range(LEVELS):
+        assert len({caption(scene, level, rng) for _ in range(60)}) >= 2, level
+    assert "circle" in caption(scene, 1, rng) and "red" in caption(scene, 2, rng)
+
+
+def test_no_two_images_alike_and_voices_vary(world):
+    root, rows = world
+    images = {hashlib.sha256((root / r.image).read_bytes()).hexdigest() for r in rows}
+    assert len(images) == len(rows)
+    lengths = {sf.info(root / r.audio).frames for r in rows}
+    assert len(lengths) > len(rows) // 2
+
+
+def test_deterministic_from_seed(tmp_path, world):
+    root, rows = world
+    again = tmp_path / "again"
+    again.mkdir()
+    rows_again = world_rows(again, WorldConfig(n_items=24, workers=1, image_size=64), seed=3)
+    assert _digest(root) == _digest(again)
+    assert [r.__dict__ for r in rows] == [r.__dict__ for r in rows_again]
+    other = tmp_path / "other"
+    other.mkdir()
+    world_rows(other, WorldConfig(n_items=4, workers=1, image_size=64, audio=False), seed=4)
+    assert _digest(other)["image/w000000.png"] != _digest(root)["image/w000000.png"]
+
+
+def test_code_mentions_what_it_draws(world):
+    root, rows = world
+    frame = pd.DataFrame([r.__dict__ for r in rows])
+    for _, row in frame.iterrows():
+        code = (root / row["code"]).read_text()
+        for concept in row["concepts"]:
+            if concept.startswith("obj(color=") and concept.count("=") == 3:
+                attrs = dict(kv.split("=") for kv in concept[4:-1].split(","))
+                assert f".{attrs['shape']}(" in code and repr(attrs["color"]) in code
+
+
+def test_resample_matches_scipy_and_removes_what_aliases():
+    from scipy.signal import resample_poly
+
+    from multigeometry.data.world.speech import resample
+
+    rate = 22050
+    t = np.arange(rate * 2) / rate
+    x = (np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 10000 * t)).astype(np.float32)
+    y = resample(x, rate, 16000)
+    reference = resample_poly(x, 320, 441)
+    assert len(y) == len(reference) == 32000
+    assert np.abs(y[64:-64] - reference[64:-64]).max() < 0.02
+    spectrum = np.abs(np.fft.rfft(y))
+    freqs = np.fft.rfftfreq(len(y), 1 / 16000)
+    assert spectrum[np.argmin(abs(freqs - 6000))] < 1e-2 * spectrum[np.argmin(abs(freqs - 440))]
