@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def is_complete(folder: Path, params_hash: str) -> bool:
 def prepare(params: Params, root: Path = Path(".")) -> Path:
     out = raw_dir(params, root)
     params_hash = params.section_hash(*PARAM_KEYS)
+    if params.data.source == "stdlib-code":  # that dataset is the running interpreter's library
+        params_hash = f"{params_hash}-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     if is_complete(out, params_hash):
         log.info("prepare: %s is up to date (params %s); nothing to do", out, params_hash)
         return out
