@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -55,6 +56,8 @@ def repo_copy(tmp_path: Path) -> Path:
     _set(repo, "data.world.image_size", 48)
     _set(repo, "data.world.workers", 1)
     _set(repo, "validate.image_min_side", 16)
+    _set(repo, "shard.workers", 1)
+    _set(repo, "features.code.model", "")  # real pretrained features for image, text and audio
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         _run(cmd, repo)
@@ -63,21 +66,28 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def test_repro_reruns_exactly_what_changed(repo_copy: Path):
     first = _run(["dvc", "repro"], repo_copy)
-    assert _ran(first) == ["prepare", "validate"]
+    assert _ran(first) == ["prepare", "validate", "shard"]
     assert (repo_copy / "data/validated/world/manifest.parquet").is_file()
-    assert (repo_copy / "data/validated/world/report.json").is_file()
+    index = json.loads((repo_copy / "data/shards/world/index.json").read_text())
+    assert sum(split["samples"] for split in index["splits"].values()) == 10
+    assert {"image.emb", "text.emb", "audio.emb", "audio.feat"} <= set(index["features"])
+    assert "code.emb" not in index["features"]
 
     again = _run(["dvc", "repro"], repo_copy)
     assert _ran(again) == []
 
-    _set(repo_copy, "validate.max_bad_fraction", 0.5)  # a validate knob: only validate re-runs
+    # a validate knob re-runs validate; its output is the same, so shard does not re-run
+    _set(repo_copy, "validate.max_bad_fraction", 0.5)
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["validate"]
+
+    _set(repo_copy, "shard.max_samples", 4)  # a shard knob: only shard
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard"]
 
     _set(repo_copy, "model.embed_dim", 16)  # a knob no data stage reads: nothing re-runs
     assert _ran(_run(["dvc", "repro"], repo_copy)) == []
 
-    _set(repo_copy, "data.world.n_items", 11)  # a data knob: both re-run
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate"]
+    _set(repo_copy, "data.world.n_items", 11)  # a data knob: everything downstream
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard"]
 
     metrics = _run(["dvc", "metrics", "show"], repo_copy)
     assert "rows_passed" in metrics and "11" in metrics

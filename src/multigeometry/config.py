@@ -133,6 +133,59 @@ class ValidateConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# shards: audio features, pretrained features, image handling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio decoding and log-mel features; the defaults are Whisper's (16 kHz, 80 mels, 25 ms window, 10 ms hop)."""
+
+    sample_rate: int = bounded(16000, min=1000, max=96000)
+    max_seconds: float = bounded(10.0, min=0.1)
+    crop: Literal["start", "center"] = "start"
+    pad: Literal["none", "zeros"] = "none"
+    n_mels: int = bounded(80, min=8, max=256)
+    win_ms: float = bounded(25.0, min=1.0)
+    hop_ms: float = bounded(10.0, min=1.0)
+    f_min: float = bounded(0.0, min=0.0)
+    f_max: float = bounded(8000.0, min=1.0)
+
+    def __post_init__(self) -> None:
+        if self.f_max > self.sample_rate / 2:
+            raise ParamsError(f"audio.f_max: {self.f_max} is above the Nyquist frequency {self.sample_rate / 2}")
+        if self.f_min >= self.f_max:
+            raise ParamsError(f"audio.f_min ({self.f_min}) must be below audio.f_max ({self.f_max})")
+
+
+@dataclass(frozen=True)
+class FeatureModelConfig:
+    """A frozen pretrained model run once at shard time; its pooled output is stored beside the raw media."""
+
+    model: str = ""  # catalogue name, hub id or local path; empty: no pretrained features for this modality
+    layer: int = -1  # hidden state whose output is pooled; -1 = the last
+    pooling: Literal["mean", "cls", "max"] = "mean"
+    batch_size: int = bounded(32, min=1)
+    max_tokens: int = bounded(128, min=1)  # text and code: truncation length
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    image: FeatureModelConfig = field(default_factory=FeatureModelConfig)
+    text: FeatureModelConfig = field(default_factory=FeatureModelConfig)
+    audio: FeatureModelConfig = field(default_factory=FeatureModelConfig)
+    code: FeatureModelConfig = field(default_factory=FeatureModelConfig)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    max_samples: int = bounded(256, min=1)
+    max_bytes: int = bounded(64_000_000, min=1024)
+    max_image_side: int = bounded(512, min=8)
+    workers: int = bounded(2, min=1, max=256)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # pairing, model and loss
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -163,6 +216,32 @@ class DatasetPairConfig:
     def __post_init__(self) -> None:
         if not self.pairs:
             raise ParamsError("pairs.pairs: at least one pair of modalities is needed")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Image augmentation (train) and resizing (eval); mean and std are the image encoder's."""
+
+    image_size: int = bounded(96, min=8)
+    scale_min: float = bounded(0.7, min=0.05, max=1.0)
+    color_jitter: float = bounded(0.2, min=0.0, max=1.0)
+    hflip: bool = False  # off: the world's captions say left and right
+    mean: tuple[float, ...] = _list([0.485, 0.456, 0.406])
+    std: tuple[float, ...] = _list([0.229, 0.224, 0.225])
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How samples are read, tokenised and batched by both dataset classes."""
+
+    batch_size: int = bounded(64, min=1)
+    workers: int = bounded(2, min=0, max=64)
+    shuffle_buffer: int = bounded(512, min=0)
+    resampled: bool = False
+    tokenizer: str = "all-minilm-l6-v2"  # catalogue name, hub id or local path
+    max_tokens: int = bounded(64, min=1)
+    padding: Literal["longest", "max_length"] = "longest"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
@@ -211,7 +290,11 @@ class Params:
     seed: int = bounded(0, min=0)
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
     pairs: DatasetPairConfig = field(default_factory=DatasetPairConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 

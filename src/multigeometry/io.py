@@ -38,9 +38,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside `path`; on success it replaces `path` whole, on failure it is removed."""
+    """Yield an empty staging folder beside `path`; on success it replaces `path` whole, on failure it is removed.
+
+    Staging folders that a killed run left beside `path` are removed first (stages do not run concurrently on one
+    output: DVC's lock and the Prefect flow's task order see to that).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging

@@ -13,3 +13,7 @@ def raw_dir(params: Params, root: Path = Path(".")) -> Path:
 
 def validated_dir(params: Params, root: Path = Path(".")) -> Path:
     return Path(root) / "data" / "validated" / params.data.dataset
+
+
+def shards_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "shards" / params.data.dataset

@@ -1,0 +1,100 @@
+"""Collation shared by both dataset classes: one batch dict for a `DatasetPairConfig`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from multigeometry.config import DatasetPairConfig, LoaderConfig
+
+
+def group_key(group_id: str) -> int:
+    """A 63-bit id for a group, the same on every rank, so gathered batches still know who is whose positive."""
+    return int.from_bytes(hashlib.blake2b(group_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from multigeometry.models.catalogue import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+class Collator:
+    """Stacks a list of sample dicts into a batch.
+
+    The batch holds every modality the pairs name: images (B,3,S,S), audio log-mels padded to the longest (B,M,T)
+    with `audio_lengths`, text and code tokenised (`input_ids`, `attention_mask`) with their raw strings, pretrained
+    features `<modality>.emb` (B,D), a `present` mask per modality, `group_ids` (B,) and the `pairs` to score with their
+    weights — a pair is kept when at least two samples carry both its modalities.
+    """
+
+    def __init__(self, pairs: DatasetPairConfig, loader: LoaderConfig, tokenizer: Any | None = None) -> None:
+        self.pairs = pairs
+        self.loader = loader
+        self._tokenizer = tokenizer
+        self.modalities = sorted({m for p in pairs.pairs for m in (p.a, p.b)})
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None and self.loader.tokenizer:
+            self._tokenizer = load_tokenizer(self.loader.tokenizer)
+        return self._tokenizer
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Any]:
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length" if self.loader.padding == "max_length" else "longest",
+            truncation=True,
+            max_length=self.loader.max_tokens,
+            return_tensors="pt",
+        )
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        n = len(examples)
+        batch: dict[str, Any] = {
+            "sample_id": [e["sample_id"] for e in examples],
+            "group_id": [e["group_id"] for e in examples],
+            "group_ids": torch.tensor([group_key(e["group_id"]) for e in examples], dtype=torch.long),
+            "hierarchy": [e["hierarchy"] for e in examples],
+            "concepts": [e["concepts"] for e in examples],
+            "present": {},
+        }
+        for modality in self.modalities:
+            present = torch.tensor([modality in e for e in examples], dtype=torch.bool)
+            batch["present"][modality] = present
+            have = [e for e in examples if modality in e]
+            if not have:
+                continue
+            if modality == "image":
+                shape = have[0]["image"].shape
+                batch["image"] = torch.stack([e["image"] if "image" in e else torch.zeros(shape) for e in examples])
+            elif modality == "audio":
+                mels = have[0]["audio"].shape[0]
+                lengths = [e["audio"].shape[1] if "audio" in e else 0 for e in examples]
+                padded = torch.zeros(n, mels, max(lengths))
+                for i, e in enumerate(examples):
+                    if "audio" in e:
+                        padded[i, :, : lengths[i]] = e["audio"]
+                batch["audio"] = padded
+                batch["audio_lengths"] = torch.tensor(lengths, dtype=torch.long)
+            else:  # text, code
+                raw = [e.get(modality, "") for e in examples]
+                batch[f"{modality}_raw"] = raw
+                if self.loader.tokenizer:
+                    batch[modality] = self._tokenize(raw)
+            emb = f"{modality}.emb"
+            if any(emb in e for e in examples):
+                dim = next(e[emb].shape[0] for e in examples if emb in e)
+                batch[emb] = torch.stack([e[emb] if emb in e else torch.zeros(dim) for e in examples])
+        batch["pairs"] = [
+            (p.a, p.b, p.weight)
+            for p in self.pairs.pairs
+            if int((batch["present"][p.a] & batch["present"][p.b]).sum()) >= 2
+        ]
+        return batch

@@ -1,0 +1,90 @@
+"""Safe decoding of a sample's WebDataset members into the sample dict that both dataset classes yield.
+
+Only known extensions are decoded; members that would need pickle (`.pyd`, `.pickle`, `.pth`, ...) are refused, and
+`.npy` is loaded with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+KNOWN = {"jpg", "png", "txt", "py", "flac", "npy", "json"}
+REFUSED = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt"}
+
+
+class UnsafeMemberError(ValueError):
+    """A shard member of a type that can execute code when loaded."""
+
+
+def decode_members(members: dict[str, Any], source: str, keep_audio_bytes: bool = False) -> dict[str, Any]:
+    """Members (`image.png`, `text.txt`, `audio.feat.npy`, `meta.json`, ...) -> decoded values by field name."""
+    from PIL import Image
+
+    key = members.get("__key__", "?")
+    out: dict[str, Any] = {"__key__": key}
+    for member, data in members.items():
+        if member.startswith("__"):
+            continue
+        ext = member.rsplit(".", 1)[-1].lower()
+        if ext in REFUSED:
+            raise UnsafeMemberError(f"{source}: sample {key!r}: member {member!r} needs pickle to load; refused")
+        if ext not in KNOWN:
+            continue
+        if ext in ("jpg", "png"):
+            with Image.open(io.BytesIO(data)) as image:
+                out["image"] = image.convert("RGB")
+        elif member == "text.txt":
+            out["text"] = bytes(data).decode("utf-8")
+        elif member == "code.py":
+            out["code"] = bytes(data).decode("utf-8")
+        elif member == "audio.flac":
+            if keep_audio_bytes:
+                out["audio.flac"] = bytes(data)
+        elif ext == "npy":
+            out[member.removesuffix(".npy")] = np.load(io.BytesIO(data), allow_pickle=False)
+        elif member == "meta.json":
+            out["meta"] = json.loads(data)
+    if "meta" not in out:
+        raise ValueError(f"{source}: sample {key!r} has no meta.json")
+    return out
+
+
+def to_example(
+    decoded: dict[str, Any],
+    image_transform: Callable | None,
+    normalization: dict[str, dict],
+) -> dict[str, Any]:
+    """The sample dict: ids, hierarchy, and each modality ready for collation."""
+    import torch
+
+    meta = decoded["meta"]
+    example: dict[str, Any] = {
+        "sample_id": meta["sample_id"],
+        "group_id": meta["group_id"],
+        "hierarchy": meta.get("hierarchy", []),
+        "concepts": meta.get("concepts", []),
+        "hierarchy_concepts": meta.get("hierarchy_concepts", []),
+    }
+    if "image" in decoded:
+        image = decoded["image"]
+        example["image"] = image_transform(image) if image_transform is not None else image
+    for name in ("text", "code"):
+        if name in decoded:
+            example[name] = decoded[name]
+    for name, value in decoded.items():
+        if isinstance(value, np.ndarray):
+            stats = normalization.get(name)
+            tensor = torch.from_numpy(np.array(value, dtype=np.float32))
+            if name == "audio.feat" and stats is not None:
+                mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None]
+                std = torch.tensor(stats["std"], dtype=torch.float32)[:, None]
+                tensor = (tensor - mean) / std
+            example["audio" if name == "audio.feat" else name] = tensor
+    if "audio.flac" in decoded:
+        example["audio.flac"] = decoded["audio.flac"]
+    return example

@@ -1,0 +1,1 @@
+"""Modality encoders, pretrained backbones and the model catalogue."""

@@ -1,0 +1,51 @@
+"""Stage `shard`: the validated dataset into WebDataset shards per split, with audio log-mels, optional pretrained
+features and `index.json`, under `data/shards/<dataset>/`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from multigeometry.config import SPLITS, Params
+from multigeometry.data.manifest import MANIFEST, read_manifest
+from multigeometry.data.shards import (
+    FeatureModels,
+    ShardPlan,
+    build_index,
+    estimate_bytes,
+    plan_shards,
+    write_shards_with_pool,
+)
+from multigeometry.io import atomic_dir, write_json_atomic
+from multigeometry.paths import raw_dir, shards_dir, validated_dir
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+
+
+def plan(params: Params, root: Path = Path(".")) -> tuple[list[ShardPlan], FeatureModels]:
+    manifest_path = validated_dir(params, root) / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no validated manifest; run `multigeometry validate` first")
+    frame = read_manifest(manifest_path)
+    raw_root = raw_dir(params, root)
+    models = FeatureModels(params)
+    dims = models.dims()
+    rows_by_split = {s: frame[frame["split"] == s].to_dict("records") for s in SPLITS}
+    sizes = {s: [estimate_bytes(r, raw_root, params, dims) for r in rows] for s, rows in rows_by_split.items()}
+    return plan_shards(rows_by_split, sizes, params.shard), models
+
+
+def shard(params: Params, root: Path = Path(".")) -> Path:
+    started = time.perf_counter()
+    plans, models = plan(params, root)
+    out = shards_dir(params, root)
+    with atomic_dir(out) as staging:
+        results = write_shards_with_pool(plans, staging, raw_dir(params, root), params)
+        index = build_index(results, models.specs(), params)
+        write_json_atomic(staging / INDEX, index)
+    counts = {s: v["samples"] for s, v in index["splits"].items()}
+    log.info("shard: %d shards (%s) into %s in %.1f s", len(plans), counts, out, time.perf_counter() - started)
+    return out

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from multigeometry.config import params_from_dict
+from multigeometry.data.collate import Collator, group_key
+from multigeometry.data.datasets import IterableStylePairDataset, PairDataset, make_loader, read_index
+from multigeometry.data.transforms import image_transform
+from multigeometry.stages.shard import shard
+from multigeometry.stages.validate import validate
+
+NO_FEATURES = {m: {"model": ""} for m in ("image", "text", "audio", "code")}
+
+
+def loader_params(**loader):
+    return params_from_dict(
+        {
+            "data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}},
+            "features": NO_FEATURES,
+            "shard": {"max_samples": 2, "workers": 1},
+            "loader": {"batch_size": 2, "workers": 2, "shuffle_buffer": 4, "tokenizer": "", **loader},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def shards(prepared_world):
+    params, root = prepared_world
+    validate(params, root)
+    return shard(loader_params(), root), root
+
+
+def _ids(loader) -> list[str]:
+    return [sid for batch in loader for sid in batch["sample_id"]]
+
+
+def test_two_ranks_two_workers_see_every_training_sample_once(shards):
+    out, _root = shards
+    params = loader_params()
+    expected = read_index(out)["splits"]["train"]["samples"]
+    seen: Counter = Counter()
+    for rank in range(2):
+        dataset = IterableStylePairDataset(out, "train", params, train=True, rank=rank, world_size=2)
+        seen.update(_ids(make_loader(dataset, params, workers=2)))
+    assert sum(seen.values()) == expected
+    assert all(count == 1 for count in seen.values())
+
+
+def test_epochs_shuffle_differently_but_reproducibly(shards):
+    out, _root = shards
+    params = loader_params()
+
+    def order(epoch):
+        dataset = IterableStylePairDataset(out, "train", params, train=True)
+        dataset.set_epoch(epoch)
+        return [e["sample_id"] for e in dataset]
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert sorted(order(0)) == sorted(order(1))
+
+
+def test_fewer_shards_than_workers_is_a_clear_error(shards):
+    out, _root = shards
+    params = loader_params()
+    shard_count = len(read_index(out)["splits"]["train"]["shards"])
+    dataset = IterableStylePairDataset(out, "train", params, rank=0, world_size=shard_count + 1)
+    with pytest.raises(ValueError, match=r"exact mode needs at least \d+"):
+        next(iter(dataset))
+
+
+def test_resampled_mode_gives_every_rank_the_same_number_of_batches(shards):
+    out, _root = shards
+    params = loader_params(resampled=True)
+    lengths = []
+    for rank in range(3):  # more ranks than shards per rank would allow in exact mode
+        dataset = IterableStylePairDataset(out, "train", params, train=True, rank=rank, world_size=3)
+        lengths.append(len(list(make_loader(dataset, params, workers=0))))
+    assert len(set(lengths)) == 1 and lengths[0] > 0
+
+
+def test_map_style_and_streaming_yield_the_same_samples(shards):
+    out, root = shards
+    params = loader_params()
+    normalization = read_index(out)["normalization"]
+    streamed = {e["sample_id"]: e for e in IterableStylePairDataset(out, "val", params)}
+    mapped = PairDataset(params, "val", root=root, normalization=normalization)
+    assert len(mapped) == len(streamed) > 0
+    collate = Collator(params.pairs, params.loader)
+    for i in range(len(mapped)):
+        a = mapped[i]
+        b = streamed[a["sample_id"]]
+        assert set(a) == set(b)
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value, b[key])
+            else:
+                assert value == b[key]
+    batch_a = collate([mapped[i] for i in range(len(mapped))])
+    batch_b = collate([streamed[mapped[i]["sample_id"]] for i in range(len(mapped))])
+    torch.testing.assert_close(batch_a["audio"], batch_b["audio"])
+    torch.testing.assert_close(batch_a["image"], batch_b["image"])
+
+
+def test_collated_batch_marks_groups_and_pairs(shards):
+    out, _root = shards
+    params = loader_params()
+    examples = list(IterableStylePairDataset(out, "train", params))[:3]
+    examples.append(dict(examples[0], sample_id="copy"))  # a second caption of the first group
+    batch = Collator(params.pairs, params.loader)(examples)
+    assert batch["group_ids"][0] == batch["group_ids"][3] == group_key(examples[0]["group_id"])
+    assert batch["group_ids"][1] != batch["group_ids"][0]
+    assert batch["image"].shape == (4, 3, 96, 96)
+    assert batch["audio"].shape[:2] == (4, 80)
+    assert int(batch["audio_lengths"].max()) == batch["audio"].shape[2]
+    assert [p[:2] for p in batch["pairs"]] == [("image", "text"), ("audio", "text"), ("code", "text")]
+    assert batch["text_raw"][0] == examples[0]["text"]
+
+
+def test_tokenised_text_uses_the_configured_tokenizer(shards):
+    from transformers import BertTokenizerFast
+
+    out, _root = shards
+    params = loader_params(tokenizer="unused", max_tokens=8, padding="max_length")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "circle", "small", "left", "of"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    examples = list(IterableStylePairDataset(out, "train", params))[:2]
+    batch = Collator(params.pairs, params.loader, tokenizer)(examples)
+    assert batch["text"]["input_ids"].shape == (2, 8)
+    assert batch["text"]["attention_mask"].dtype == torch.long
+
+
+def test_train_augmentation_is_random_and_eval_is_not():
+    from PIL import Image
+
+    params = loader_params()
+    image = Image.new("RGB", (64, 64))
+    for x in range(0, 32):
+        for y in range(64):
+            image.putpixel((x, y), (255, 0, 0))
+    train, evaluate = image_transform(params.loader.augment, True), image_transform(params.loader.augment, False)
+    torch.manual_seed(0)
+    assert not torch.equal(train(image), train(image))
+    assert torch.equal(evaluate(image), evaluate(image))
+    out = evaluate(image)
+    assert out.shape == (3, 96, 96)
+    # no flip by default: the red half stays on the left
+    assert out[0, :, :40].mean() > out[0, :, 56:].mean()
