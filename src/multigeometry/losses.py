@@ -1,0 +1,379 @@
+"""MainCriterion: symmetric InfoNCE over distribution similarities, plus regularisers, optimal transport and entailment.
+
+The terms, each returned separately (unweighted) for logging, and their weights in `LossConfig`:
+- `contrastive`: symmetric InfoNCE over the global batch (gathered across ranks), weight 1;
+- `entropy`: mean entropy of the mixture weights, weight `entropy_weight` (its sign is the direction: positive
+  sharpens the weights, negative spreads them over the components);
+- `kl`: PCME's VIB, the mean KL of the components to N(0, I), weight `kl_weight`;
+- `sinkhorn`: entropic OT between the components of each positive pair (POT), weight `sinkhorn_weight`;
+- `entailment`: cone containment general ⊇ specific ⊇ item, weight `entailment_weight`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import ot
+import torch
+from torch import Tensor, nn
+
+from multigeometry.config import LossConfig, ModelConfig
+from multigeometry.distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world
+from multigeometry.geometry.blockwise import DEFAULT_CHUNK_ELEMENTS
+from multigeometry.geometry.cone import ConeParams, cone_similarity, containment
+from multigeometry.geometry.mixture import (
+    MixtureParams,
+    csd_similarity,
+    mixture_kl_to_standard,
+    mixture_weight_entropy,
+    paired_w2_cost,
+    point_similarity,
+    product_kernel_similarity,
+)
+
+Distribution = MixtureParams | ConeParams
+
+
+@dataclass(frozen=True)
+class ConeHierarchy:
+    """The hierarchy a batch carries, for the entailment term.
+
+    `general` holds the cones of the more general descriptions of batch rows (M of them, any number per row);
+    `owner[m]` is the local row whose caption `general[m]` generalises; `parent[m]`, when given, is the index in
+    `general` of the next more general description of the same row, or −1 for the most general one.
+    `caption_side` says which side of the pair holds the specific captions ("b" for (image, text) pairs); the other
+    side holds the items the captions describe.
+    """
+
+    general: ConeParams
+    owner: Tensor
+    parent: Tensor | None = None
+    caption_side: Literal["a", "b"] = "b"
+
+
+def info_nce(
+    sim: Tensor,
+    scale: Tensor,
+    positive: Tensor | None = None,
+    row_groups: Tensor | None = None,
+    col_groups: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    symmetric: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Mean cross-entropy of the rows of the logits scale · sim (R, C), each against its positive column.
+
+    `positive` (R,) holds each row's positive column, the diagonal when None. `symmetric` (a square `sim` with the
+    diagonal positive) averages the rows' loss with the columns' (CLIP's loss). With groups, the columns of a row's
+    own group other than its positive are left out of its softmax (and the rows of a column's group out of the
+    column's): they describe the same thing, so they are not negatives. Label smoothing spreads its mass over the
+    entries that remain, which is `F.cross_entropy`'s smoothing when nothing is left out.
+
+    Computed in row chunks with a hand-written backward pass, so that beside `sim` it holds only its gradient and one
+    chunk: no logits, log-softmax or transposed copies of the whole matrix, which in a plain implementation make up
+    several times the memory of `sim` and as many passes over it.
+    """
+    sim = sim.contiguous()
+    n_rows, n_cols = sim.shape
+    if positive is None:
+        positive = torch.arange(n_rows, device=sim.device)
+    if symmetric and (n_rows != n_cols or not torch.equal(positive, torch.arange(n_rows, device=sim.device))):
+        raise ValueError("a symmetric InfoNCE needs a square similarity matrix with the positives on its diagonal")
+    if (row_groups is None) != (col_groups is None):
+        raise ValueError("give groups for both rows and columns, or for neither")
+    return _ScaledInfoNCE.apply(
+        sim, scale, positive, row_groups, col_groups, float(label_smoothing), bool(symmetric), int(chunk_elements)
+    )
+
+
+class _Blocks:
+    """Chunks of the logits scale · sim along one direction: row blocks (dim=1, for the softmax over each row) or
+    column blocks (dim=0), with the entries left out of each softmax masked to −inf."""
+
+    def __init__(
+        self,
+        sim: Tensor,
+        scale: Tensor,
+        positive: Tensor,
+        row_groups: Tensor | None,
+        col_groups: Tensor | None,
+        dim: int,
+        chunk_elements: int,
+    ) -> None:
+        self.sim, self.scale, self.positive, self.dim = sim, scale, positive, dim
+        self.row_groups, self.col_groups = row_groups, col_groups
+        self.n = sim.shape[1 - dim]
+        self.step = max(1, min(self.n, chunk_elements // max(sim.shape[dim], 1)))
+
+    def __iter__(self) -> Iterator[tuple[slice, Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor]]]:
+        """(the block's slice, its raw sim, its logits, its mask or None, where its positives lie)"""
+        for a0 in range(0, self.n, self.step):
+            a1 = min(self.n, a0 + self.step)
+            raw = self.sim[a0:a1] if self.dim == 1 else self.sim[:, a0:a1]
+            logits = raw * self.scale
+            mask = self._mask(a0, a1)
+            if mask is not None:
+                logits.masked_fill_(mask, float("-inf"))
+            yield slice(a0, a1), raw, logits, mask, self._positive_index(a0, a1)
+
+    def _positive_index(self, a0: int, a1: int) -> tuple[Tensor, Tensor]:
+        """Each row's positive (dim=1), or each column's (dim=0, symmetric: on the diagonal), in block coordinates."""
+        idx = torch.arange(a1 - a0, device=self.sim.device)
+        if self.dim == 1:
+            return idx, self.positive[a0:a1]
+        return idx + a0, idx
+
+    def _mask(self, a0: int, a1: int) -> Tensor | None:
+        if self.row_groups is None or self.col_groups is None:
+            return None
+        if self.dim == 1:
+            mask = self.row_groups[a0:a1, None] == self.col_groups[None, :]
+            mask[torch.arange(a1 - a0, device=mask.device), self.positive[a0:a1]] = False
+        else:
+            mask = self.row_groups[:, None] == self.col_groups[None, a0:a1]
+            inside = ((self.positive >= a0) & (self.positive < a1)).nonzero().squeeze(1)
+            mask[inside, self.positive[inside] - a0] = False
+        return mask if bool(mask.any()) else None
+
+
+class _ScaledInfoNCE(torch.autograd.Function):
+    """The softmaxes go through PyTorch's fused (log_)softmax kernels, which stay fast for logits hundreds apart,
+    where an exp of the shifted logits underflows into a slow path."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        sim: Tensor,
+        scale: Tensor,
+        positive: Tensor,
+        row_groups: Tensor | None,
+        col_groups: Tensor | None,
+        smoothing: float,
+        symmetric: bool,
+        chunk_elements: int,
+    ) -> Tensor:
+        s = scale.to(sim.dtype)
+        pos_logit = sim.gather(1, positive[:, None]).squeeze(1) * s
+        losses, kept_counts = [], []
+        for dim in (1, 0) if symmetric else (1,):
+            n = sim.shape[1 - dim]
+            lse, kept_sum = sim.new_empty(n), sim.new_zeros(n)
+            kept = sim.new_full((n,), float(sim.shape[dim]))
+            for sl, _, logits, mask, pos_idx in _Blocks(sim, s, positive, row_groups, col_groups, dim, chunk_elements):
+                if smoothing > 0:
+                    kept_sum[sl] = (logits if mask is None else logits.masked_fill(mask, 0.0)).sum(dim)
+                if mask is not None:
+                    kept[sl] = (~mask).sum(dim)
+                log_p = torch.log_softmax(logits, dim)
+                lse[sl] = logits[pos_idx] - log_p[pos_idx]  # the positive is never masked
+            losses.append(_smoothed(lse, pos_logit, kept_sum / kept, smoothing).mean())
+            kept_counts.append(kept)
+        ctx.save_for_backward(sim, scale, positive, row_groups, col_groups, *kept_counts)
+        ctx.smoothing, ctx.chunk_elements = smoothing, chunk_elements
+        return sum(losses) / len(losses)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:  # type: ignore[override]
+        sim, scale, positive, row_groups, col_groups, *kept_counts = ctx.saved_tensors
+        smoothing = ctx.smoothing
+        s = scale.to(sim.dtype)
+        dsim = torch.empty_like(sim)
+        dscale = sim.new_zeros(())
+        # d loss / d logit = Σ over directions of w · (softmax − (1−ε)·[positive] − ε·[kept] / n_kept)
+        for dim, kept in zip((1, 0), kept_counts, strict=False):
+            w = grad.to(sim.dtype) / (sim.shape[1 - dim] * len(kept_counts))
+            for sl, raw, logits, mask, pos_idx in _Blocks(
+                sim, s, positive, row_groups, col_groups, dim, ctx.chunk_elements
+            ):
+                g = torch.softmax(logits, dim).mul_(w)
+                g[pos_idx] -= (1.0 - smoothing) * w
+                if smoothing > 0:
+                    share = smoothing * w / kept[sl].unsqueeze(dim)
+                    g.sub_(share if mask is None else share * ~mask)
+                dscale += torch.dot(g.view(-1), raw.view(-1)) if raw.is_contiguous() else (g * raw).sum()
+                if dim == 1:
+                    torch.mul(g, s, out=dsim[sl])
+                else:
+                    dsim[:, sl].add_(g, alpha=float(s))
+        return dsim, dscale.to(scale.dtype), None, None, None, None, None, None
+
+
+def _smoothed(lse: Tensor, positive_logit: Tensor, mean_kept_logit: Tensor, smoothing: float) -> Tensor:
+    """(1−ε)·(lse − positive) + ε·(lse − mean of the kept logits): cross-entropy against the smoothed target."""
+    if smoothing == 0:
+        return lse - positive_logit
+    return lse - (1.0 - smoothing) * positive_logit - smoothing * mean_kept_logit
+
+
+class SinkhornOTLoss(nn.Module):
+    """Entropic OT between the K components of each positive pair, through POT's batched log-domain Sinkhorn.
+
+    Cost: the squared 2-Wasserstein distance between the diagonal Gaussian components; marginals: the mixture
+    weights. The value is the transport cost ⟨T*, C⟩ of the entropic plan T*, as `ot.sinkhorn2` returns it,
+    differentiated through the iterations (POT's `grad="autodiff"`), so gradients reach means, variances and weights.
+    """
+
+    def __init__(self, reg: float = 0.1, max_iter: int = 50, tol: float = 1e-6) -> None:
+        super().__init__()
+        self.reg, self.max_iter, self.tol = reg, max_iter, tol
+
+    def pair_costs(self, a: MixtureParams, b: MixtureParams) -> Tensor:
+        """The OT cost of every row-aligned pair, (B,)."""
+        cost = paired_w2_cost(a, b)
+        res = ot.batch.solve_batch(
+            cost,
+            self.reg,
+            a=a.weights().to(cost.dtype),
+            b=b.weights().to(cost.dtype),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            method="log_sinkhorn",
+            grad="autodiff",
+        )
+        return res.value_linear
+
+    def forward(self, a: MixtureParams, b: MixtureParams) -> Tensor:
+        return self.pair_costs(a, b).mean()
+
+
+def entailment_loss(captions: ConeParams, items: ConeParams, hierarchy: ConeHierarchy) -> Tensor:
+    """MERU-style entailment, general ⊇ specific ⊇ item: the mean containment score of each kind of pair, summed.
+
+    caption_i ⊇ item_i for every row; general_m ⊇ caption_owner[m]; general_parent[m] ⊇ general_m.
+    """
+    total = containment(captions, items).mean()
+    general, owner = hierarchy.general, hierarchy.owner
+    if owner.numel() > 0:
+        total = total + containment(general, captions.map(lambda t: t[owner])).mean()
+        if hierarchy.parent is not None:
+            has_parent = hierarchy.parent >= 0
+            if bool(has_parent.any()):
+                children = general.map(lambda t: t[has_parent])
+                parents = general.map(lambda t: t[hierarchy.parent[has_parent]])
+                total = total + containment(parents, children).mean()
+    return total
+
+
+class MainCriterion(nn.Module):
+    """The training loss. Holds only the learnable logit scale (log-parametrised as in CLIP); the math is in
+    the functions above and in `multigeometry.geometry`.
+
+    forward(a, b, group_ids=None, hierarchy=None) takes both sides of a batch of pairs as `MixtureParams` (geometry
+    "mixture", or "point": K = 1 without variance) or `ConeParams` (geometry "cone", whose similarity is
+    `cone_similarity` whatever `loss.similarity` says); `group_ids` (B,) marks rows that describe the same thing,
+    which are never each other's negatives; `hierarchy` feeds the cone entailment term (ignored by mixtures).
+    It returns the unweighted terms, "logit_scale" (detached) and "loss", the weighted total.
+
+    Under DDP every rank passes its local batch (equal sizes on all ranks); features are gathered, with gradients
+    when `gather_with_grad`, so that the contrastive batch is global; with `local_loss` each rank scores only its
+    own rows against all columns. Averaging the ranks' losses (as DDP averages gradients) gives the global loss and
+    its gradient. Without `gather_with_grad` only a rank's own slice of the gathered features carries gradients (as
+    OpenCLIP without --gather-with-grad): the contrastive gradient then comes from the rank's own loss alone and,
+    after DDP's averaging, weighs 1/world_size of what the per-rank terms (KL, entropy, Sinkhorn) weigh.
+    The other terms are means over the local rows.
+    """
+
+    def __init__(
+        self,
+        loss_cfg: LossConfig,
+        model_cfg: ModelConfig,
+        *,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        product_kernel_max_elements: int = 1 << 22,
+    ) -> None:
+        super().__init__()
+        if model_cfg.geometry == "point" and loss_cfg.similarity == "product_kernel":
+            raise ValueError("loss.similarity 'product_kernel' needs variances; model.geometry 'point' has none")
+        if model_cfg.geometry == "mixture" and loss_cfg.similarity == "point" and model_cfg.n_components != 1:
+            raise ValueError(
+                f"loss.similarity 'point' needs one component, model.n_components is {model_cfg.n_components}"
+            )
+        self.cfg, self.geometry = loss_cfg, model_cfg.geometry
+        self.chunk_elements, self.product_kernel_max_elements = chunk_elements, product_kernel_max_elements
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
+        self.sinkhorn = SinkhornOTLoss(loss_cfg.sinkhorn_reg, loss_cfg.sinkhorn_iters)
+
+    def logit_scale(self) -> Tensor:
+        return self.log_logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the parameter into [1, max_logit_scale] in place; call after each optimizer step, as CLIP does."""
+        self.log_logit_scale.clamp_(0.0, math.log(self.cfg.max_logit_scale))
+
+    def similarity(self, a: Distribution, b: Distribution) -> Tensor:
+        """Similarities of all pairs (B, B') in this criterion's geometry, before the logit scale."""
+        if isinstance(a, ConeParams) and isinstance(b, ConeParams):
+            return cone_similarity(a, b)
+        if not (isinstance(a, MixtureParams) and isinstance(b, MixtureParams)):
+            raise TypeError(f"both sides must be MixtureParams or both ConeParams, got {type(a)} and {type(b)}")
+        if self.cfg.similarity == "point":
+            return point_similarity(a, b)
+        if self.cfg.similarity == "csd":
+            return csd_similarity(a, b, self.cfg.csd_tau, self.chunk_elements)
+        return product_kernel_similarity(a, b, self.product_kernel_max_elements)
+
+    def forward(
+        self,
+        a: Distribution,
+        b: Distribution,
+        group_ids: Tensor | None = None,
+        hierarchy: ConeHierarchy | None = None,
+    ) -> dict[str, Tensor]:
+        self._check(a, b, group_ids)
+        cfg = self.cfg
+        terms: dict[str, Tensor] = {"contrastive": self._contrastive(a, b, group_ids)}
+        weighted = terms["contrastive"]
+        if isinstance(a, MixtureParams) and isinstance(b, MixtureParams):
+            if cfg.entropy_weight != 0 and a.n_components > 1:
+                terms["entropy"] = torch.cat(
+                    [mixture_weight_entropy(a.logits), mixture_weight_entropy(b.logits)]
+                ).mean()
+                weighted = weighted + cfg.entropy_weight * terms["entropy"]
+            if cfg.kl_weight > 0 and a.logvar is not None and b.logvar is not None:
+                terms["kl"] = torch.cat([mixture_kl_to_standard(a), mixture_kl_to_standard(b)]).mean()
+                weighted = weighted + cfg.kl_weight * terms["kl"]
+            if cfg.sinkhorn_weight > 0:
+                terms["sinkhorn"] = self.sinkhorn(a, b)
+                weighted = weighted + cfg.sinkhorn_weight * terms["sinkhorn"]
+        elif hierarchy is not None and cfg.entailment_weight > 0:
+            captions, items = (b, a) if hierarchy.caption_side == "b" else (a, b)
+            terms["entailment"] = entailment_loss(captions, items, hierarchy)
+            weighted = weighted + cfg.entailment_weight * terms["entailment"]
+        terms["logit_scale"] = self.logit_scale().detach()
+        terms["loss"] = weighted
+        return terms
+
+    def _contrastive(self, a: Distribution, b: Distribution, group_ids: Tensor | None) -> Tensor:
+        cfg = self.cfg
+        rank, _ = rank_and_world()
+        gather = all_gather_with_grad if cfg.gather_with_grad else all_gather_no_grad
+        a_all, b_all = a.map(gather), b.map(gather)
+        groups_all = None if group_ids is None else all_gather_no_grad(group_ids)
+        scale = self.logit_scale()
+        eps, chunk = cfg.label_smoothing, self.chunk_elements
+        if cfg.local_loss:
+            n = a.batch_size
+            positive = torch.arange(n, device=scale.device) + rank * n
+            loss_ab = info_nce(self.similarity(a, b_all), scale, positive, group_ids, groups_all, eps, False, chunk)
+            loss_ba = info_nce(self.similarity(b, a_all), scale, positive, group_ids, groups_all, eps, False, chunk)
+            return (loss_ab + loss_ba) / 2
+        return info_nce(self.similarity(a_all, b_all), scale, None, groups_all, groups_all, eps, True, chunk)
+
+    def _check(self, a: Distribution, b: Distribution, group_ids: Tensor | None) -> None:
+        expected = ConeParams if self.geometry == "cone" else MixtureParams
+        if not (isinstance(a, expected) and isinstance(b, expected)):
+            raise TypeError(
+                f"model.geometry {self.geometry!r} expects {expected.__name__} on both sides, "
+                f"got {type(a).__name__} and {type(b).__name__}"
+            )
+        if a.batch_size != b.batch_size:
+            raise ValueError(f"both sides need the same batch size, got {a.batch_size} and {b.batch_size}")
+        if self.geometry == "point" and (a.n_components != 1 or b.n_components != 1):
+            raise ValueError(f"model.geometry 'point' needs K = 1, got {a.n_components} and {b.n_components}")
+        if group_ids is not None and tuple(group_ids.shape) != (a.batch_size,):
+            raise ValueError(f"group_ids must be ({a.batch_size},), got {tuple(group_ids.shape)}")
