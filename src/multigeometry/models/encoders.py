@@ -1,0 +1,218 @@
+"""Modality encoders: a batch's inputs of one modality -> (B, hidden_dim) features for the embedding heads.
+
+Every encoder is a `Trunk` (see `multigeometry.models.backbones`) followed by a Linear + LayerNorm adapter to
+``hidden_dim``. `build_encoder` picks the trunk from ``model.<modality>``:
+
+- ``input: emb``: a `FeatureMLP` over the shards' pretrained features ``<modality>.emb``;
+- ``input: raw``, ``backbone: ""``: the modality's small from-scratch network;
+- ``input: raw``, ``backbone: <name>``: a pretrained backbone, frozen (``freeze``) but for its last
+  ``unfreeze_last_n`` layers; a frozen backbone stays in eval mode (no dropout, fixed BatchNorm statistics) while the
+  encoder trains.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from multigeometry.config import MODALITIES, EncoderConfig, ParamsError
+from multigeometry.models.backbones import (
+    FeatureMLP,
+    ScratchAudioConv,
+    ScratchCNN,
+    ScratchTokenTransformer,
+    Trunk,
+    load_backbone,
+)
+
+
+class ModalityEncoder(nn.Module, abc.ABC):
+    """A trunk and its adapter; ``forward(batch)`` reads this modality's keys from the batch dict."""
+
+    modality: ClassVar[str]
+
+    def __init__(self, trunk: Trunk, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.adapter = nn.Sequential(nn.Linear(trunk.width, cfg.hidden_dim), nn.LayerNorm(cfg.hidden_dim))
+        self.out_dim = cfg.hidden_dim
+        self.reads_features = cfg.input == "emb"
+        self.frozen = trunk.pretrained and cfg.freeze
+        self.unfreeze_last_n = cfg.unfreeze_last_n
+        self._check(cfg)
+        if self.frozen:
+            trunk.requires_grad_(False)
+            for block in self._unfrozen_blocks():
+                block.requires_grad_(True)
+        if cfg.grad_checkpointing:
+            trunk.enable_checkpointing()
+        self.train()
+
+    @property
+    def where(self) -> str:
+        return f"model.{self.modality}"
+
+    def _check(self, cfg: EncoderConfig) -> None:
+        if cfg.unfreeze_last_n:
+            if not self.trunk.pretrained:
+                raise ParamsError(
+                    f"{self.where}.unfreeze_last_n={cfg.unfreeze_last_n} only applies to a pretrained backbone "
+                    f"({self.where}.input: raw with {self.where}.backbone set); set it to 0"
+                )
+            if not cfg.freeze:
+                raise ParamsError(
+                    f"{self.where}.unfreeze_last_n={cfg.unfreeze_last_n} needs {self.where}.freeze: true "
+                    "(with freeze: false the whole backbone trains already)"
+                )
+            n_blocks = len(self.trunk.blocks())
+            if cfg.unfreeze_last_n > n_blocks:
+                raise ParamsError(
+                    f"{self.where}.unfreeze_last_n={cfg.unfreeze_last_n}: the backbone has only {n_blocks} layers; "
+                    f"allowed: 0..{n_blocks}"
+                )
+        if cfg.grad_checkpointing and not self.trunk.supports_checkpointing:
+            raise ParamsError(
+                f"{self.where}.grad_checkpointing: not supported for {cfg.backbone!r} (BatchNorm statistics would be "
+                "updated twice); supported for transformers backbones and the from-scratch encoders"
+            )
+
+    def _unfrozen_blocks(self) -> list[nn.Module]:
+        return self.trunk.blocks()[-self.unfreeze_last_n :] if self.unfreeze_last_n else []
+
+    def train(self, mode: bool = True) -> ModalityEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+            for block in self._unfrozen_blocks():
+                block.train(mode)
+        return self
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.reads_features:
+            inputs: tuple[torch.Tensor, ...] = (self._get(batch, f"{self.modality}.emb"),)
+        else:
+            inputs = self.raw_inputs(batch)
+        return self.adapter(self.trunk(*inputs))
+
+    @abc.abstractmethod
+    def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The trunk's arguments for ``input: raw``, read from the batch."""
+
+    def _get(self, batch: dict[str, Any], key: str) -> Any:
+        if key not in batch:
+            raise KeyError(
+                f"{type(self).__name__} ({self.where}.input: {'emb' if self.reads_features else 'raw'}) needs "
+                f"batch[{key!r}]; the batch holds {sorted(batch)}"
+            )
+        return batch[key]
+
+
+class ImageEncoder(ModalityEncoder):
+    modality = "image"
+
+    def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return (self._get(batch, "image"),)
+
+
+class TextEncoder(ModalityEncoder):
+    modality = "text"
+
+    def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        tokens = self._get(batch, self.modality)
+        return tokens["input_ids"], tokens["attention_mask"]
+
+
+class CodeEncoder(TextEncoder):
+    modality = "code"
+
+
+class AudioEncoder(ModalityEncoder):
+    modality = "audio"
+
+    def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return self._get(batch, "audio"), self._get(batch, "audio_lengths")
+
+
+ENCODERS: dict[str, type[ModalityEncoder]] = {
+    cls.modality: cls for cls in (ImageEncoder, TextEncoder, AudioEncoder, CodeEncoder)
+}
+
+
+def _scratch_trunk(modality: str, cfg: EncoderConfig, vocab_size: int | None, n_mels: int) -> Trunk:
+    where = f"model.{modality}"
+    if modality == "image":
+        return ScratchCNN(cfg.layers, cfg.dropout)
+    if modality == "audio":
+        return ScratchAudioConv(n_mels, cfg.hidden_dim, cfg.layers, cfg.dropout)
+    if not vocab_size:
+        raise ParamsError(
+            f"{where}.input: raw with no {where}.backbone builds a token transformer from scratch, which needs the "
+            "vocabulary size of loader.tokenizer; none was given"
+        )
+    return ScratchTokenTransformer(vocab_size, cfg.hidden_dim, cfg.layers, cfg.dropout)
+
+
+def build_trunk(
+    modality: str,
+    cfg: EncoderConfig,
+    *,
+    feature_dim: int | None = None,
+    vocab_size: int | None = None,
+    n_mels: int = 80,
+    audio_normalization: dict | None = None,
+) -> Trunk:
+    """The trunk that ``model.<modality>`` asks for, or a `ParamsError` naming the key that does not fit."""
+    where = f"model.{modality}"
+    if cfg.input == "emb":
+        if cfg.backbone:
+            raise ParamsError(
+                f"{where}.backbone={cfg.backbone!r} is only used with {where}.input: raw; with input: emb the encoder "
+                f"reads the shards' {modality}.emb features (set {where}.backbone: '' or {where}.input: raw)"
+            )
+        if not feature_dim:
+            raise ParamsError(
+                f"{where}.input: emb needs pretrained {modality} features, but the shards have no '{modality}.emb': "
+                f"set features.{modality}.model (and re-run the shard stage), or use {where}.input: raw"
+            )
+        return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
+    if not cfg.backbone:
+        return _scratch_trunk(modality, cfg, vocab_size, n_mels)
+    return load_backbone(
+        modality,
+        cfg.backbone,
+        where=where,
+        vocab_size=vocab_size,
+        n_mels=n_mels,
+        audio_normalization=audio_normalization,
+    )
+
+
+def build_encoder(
+    modality: str,
+    cfg: EncoderConfig,
+    *,
+    feature_dim: int | None = None,
+    vocab_size: int | None = None,
+    n_mels: int = 80,
+    audio_normalization: dict | None = None,
+) -> ModalityEncoder:
+    """The encoder for ``modality`` as ``cfg`` (``model.<modality>``) says.
+
+    ``feature_dim``: the shards' ``<modality>.emb`` dimension (``index["features"][...]["dim"]``), needed for
+    ``input: emb``; ``vocab_size``: the tokenizer's, needed for text and code from scratch; ``n_mels`` and
+    ``audio_normalization`` (``index["normalization"]["audio.feat"]``): the shards' log-mels, for raw audio.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"build_encoder: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
+    trunk = build_trunk(
+        modality,
+        cfg,
+        feature_dim=feature_dim,
+        vocab_size=vocab_size,
+        n_mels=n_mels,
+        audio_normalization=audio_normalization,
+    )
+    return ENCODERS[modality](trunk, cfg)
