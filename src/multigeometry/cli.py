@@ -15,6 +15,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("multigeometry.stages.prepare", "Raw pairs from data.source into data/raw/<dataset>/."),
     "validate": ("multigeometry.stages.validate", "Check the raw manifest and media; quarantine bad rows."),
     "shard": ("multigeometry.stages.shard", "WebDataset shards per split with audio and pretrained features."),
+    "train": ("multigeometry.stages.train", "Train the PairModel on the shards (run under torchrun for DDP)."),
 }
 
 

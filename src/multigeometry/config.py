@@ -245,9 +245,29 @@ class LoaderConfig:
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """One modality's encoder: a trainable trunk over the shards' pretrained features (`input: emb`), or a backbone
+    over raw inputs (`input: raw`: images, token ids, log-mels) — a pretrained model by catalogue name, hub id or local
+    path (transformers `AutoModel`, or `torchvision:<name>`), or a small from-scratch network when `backbone` is ""."""
+
+    input: Literal["emb", "raw"] = "emb"
+    backbone: str = ""
+    freeze: bool = True
+    unfreeze_last_n: int = bounded(0, min=0)
+    grad_checkpointing: bool = False
+    hidden_dim: int = bounded(256, min=4)
+    layers: int = bounded(2, min=1, max=48)
+    dropout: float = bounded(0.0, min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     geometry: Literal["mixture", "cone", "point"] = "mixture"
     embed_dim: int = bounded(128, min=2)
+    image: EncoderConfig = field(default_factory=EncoderConfig)
+    text: EncoderConfig = field(default_factory=EncoderConfig)
+    audio: EncoderConfig = field(default_factory=EncoderConfig)
+    code: EncoderConfig = field(default_factory=EncoderConfig)
     n_components: int = bounded(4, min=1, max=64)
     logvar_min: float = -9.0
     logvar_max: float = 2.0
@@ -280,6 +300,35 @@ class LossConfig:
     local_loss: bool = False
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    run_name: str = "default"
+    nproc: int = bounded(1, min=1, max=64)  # processes per node (torchrun --nproc-per-node)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = bounded(4, min=1)
+    max_steps: int = bounded(0, min=0)  # 0: as many as the epochs make
+    lr: float = bounded(1e-3, min=0.0)
+    weight_decay: float = bounded(0.1, min=0.0)
+    beta1: float = bounded(0.9, min=0.0, max=1.0)
+    beta2: float = bounded(0.98, min=0.0, max=1.0)
+    eps: float = bounded(1e-6, min=0.0)
+    warmup_steps: int = bounded(20, min=0)
+    min_lr_ratio: float = bounded(0.0, min=0.0, max=1.0)
+    grad_clip: float = bounded(1.0, min=0.0)  # 0: off
+    accum_freq: int = bounded(1, min=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    checkpoint_every: int = bounded(50, min=1)
+    keep_checkpoints: int = bounded(2, min=1)
+    resume: str = ""  # "" | latest | <path>
+    val_every: int = bounded(50, min=1)
+    best_metric: str = "val/mean_R@1"
+    best_mode: Literal["max", "min"] = "max"
+    log_every: int = bounded(10, min=1)
+    tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db
+    experiment: str = "multigeometry"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the whole tree
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,6 +346,7 @@ class Params:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -17,3 +17,7 @@ def validated_dir(params: Params, root: Path = Path(".")) -> Path:
 
 def shards_dir(params: Params, root: Path = Path(".")) -> Path:
     return Path(root) / "data" / "shards" / params.data.dataset
+
+
+def models_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "models" / params.train.run_name

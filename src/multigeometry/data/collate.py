@@ -53,6 +53,28 @@ class Collator:
         )
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
+    def _hierarchy(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
+        """Every row's more general descriptions, flattened: `hierarchy_owner[m]` is the row, `hierarchy_parent[m]`
+        the index of the next more general description of that row (−1 for the most general)."""
+        import torch
+
+        owners, parents, texts, features = [], [], [], []
+        for i, e in enumerate(examples):
+            start = len(owners)
+            for j, description in enumerate(e["hierarchy"]):
+                owners.append(i)
+                parents.append(start + j - 1 if j > 0 else -1)
+                texts.append(description)
+            if "hierarchy.emb" in e:
+                features.append(e["hierarchy.emb"])
+        batch["hierarchy_owner"] = torch.tensor(owners, dtype=torch.long)
+        batch["hierarchy_parent"] = torch.tensor(parents, dtype=torch.long)
+        batch["hierarchy_raw"] = texts
+        if features and sum(f.shape[0] for f in features) == len(texts):
+            batch["hierarchy.emb"] = torch.cat(features)
+        if texts and self.loader.tokenizer:
+            batch["hierarchy_text"] = self._tokenize(texts)
+
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
@@ -92,6 +114,7 @@ class Collator:
             if any(emb in e for e in examples):
                 dim = next(e[emb].shape[0] for e in examples if emb in e)
                 batch[emb] = torch.stack([e[emb] if emb in e else torch.zeros(dim) for e in examples])
+        self._hierarchy(examples, batch)
         batch["pairs"] = [
             (p.a, p.b, p.weight)
             for p in self.pairs.pairs

@@ -157,7 +157,8 @@ def _shuffle(stream: Iterator[dict], size: int, rng: random.Random) -> Iterator[
 
 
 def make_loader(dataset: Dataset | IterableDataset, params: Params, *, workers: int | None = None,
-                batch_size: int | None = None, tokenizer: Any | None = None) -> torch.utils.data.DataLoader:
+                batch_size: int | None = None, tokenizer: Any | None = None,
+                seed: int | None = None) -> torch.utils.data.DataLoader:
     """A `webdataset.WebLoader` with the shared collator; worker processes start with forkserver (fork can deadlock
     with audio decoding and torch threads)."""
     import webdataset as wds
@@ -168,7 +169,7 @@ def make_loader(dataset: Dataset | IterableDataset, params: Params, *, workers: 
     collate = Collator(params.pairs, params.loader, tokenizer)
     if params.loader.tokenizer and tokenizer is None:
         collate.tokenizer  # noqa: B018 - load once here, not in every worker
-    generator = torch.Generator().manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed if seed is None else seed)
     return wds.WebLoader(
         dataset,
         batch_size=batch_size or params.loader.batch_size,

@@ -238,6 +238,18 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
             features = models.get(modality).encode(inputs[modality])
         for i, vector in zip(owners, features, strict=True):
             samples[i][f"{modality}.emb.npy"] = npy_bytes(np.asarray(vector, dtype=np.float32))
+
+    # the hierarchy's descriptions are text too: with text features, each row also stores theirs (L, D), so that the
+    # entailment term and the hierarchy metrics can embed them without the text model
+    descriptions = [list(row.get("hierarchy") or []) for row in rows]
+    if "text" in models.modalities and any(descriptions):
+        with one_torch_thread():
+            flat = models.get("text").encode([d for ds in descriptions for d in ds])
+        start = 0
+        for sample, ds in zip(samples, descriptions, strict=True):
+            if ds:
+                sample["hierarchy.emb.npy"] = npy_bytes(np.asarray(flat[start : start + len(ds)], dtype=np.float32))
+            start += len(ds)
     return samples
 
 
@@ -255,7 +267,8 @@ class FeatureMoments:
     squares: np.ndarray | None = None
 
     def add(self, feature: np.ndarray, channel_axis: int = 0) -> None:
-        values = np.moveaxis(np.asarray(feature, dtype=np.float64), channel_axis, 0).reshape(feature.shape[channel_axis], -1)
+        channels = feature.shape[channel_axis]
+        values = np.moveaxis(np.asarray(feature, dtype=np.float64), channel_axis, 0).reshape(channels, -1)
         if self.total is None:
             self.total = np.zeros(values.shape[0])
             self.squares = np.zeros(values.shape[0])
@@ -295,7 +308,10 @@ def _moments(samples: list[dict[str, Any]]) -> dict[str, FeatureMoments]:
         for member, data in sample.items():
             if member.endswith(".npy"):
                 array = np.load(io.BytesIO(data), allow_pickle=False)
-                moments.setdefault(member.removesuffix(".npy"), FeatureMoments()).add(array, channel_axis=0)
+                name = member.removesuffix(".npy")
+                # log-mels are [n_mels, frames]: statistics per mel bin; features are [..., D]: per dimension
+                axis = 0 if name == "audio.feat" else -1
+                moments.setdefault(name, FeatureMoments()).add(array, channel_axis=axis)
     return moments
 
 

@@ -1,0 +1,338 @@
+"""The training loop, top to bottom: set up, then for each step take `accum_freq` batches, compute the loss over
+their union, step, and now and then validate, checkpoint and log.
+
+Runs the same on one CPU process, under `torchrun` with Gloo on CPU, or with NCCL on GPUs (bf16 autocast there).
+Resuming restores the model, optimizer, scheduler, every rank's RNG state and the position in the epoch, so a run
+killed and resumed ends with the same weights as one that never stopped (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from multigeometry.config import Params
+from multigeometry.data.collate import load_tokenizer
+from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.distributed import local_only
+from multigeometry.io import write_json_atomic
+from multigeometry.losses import MainCriterion
+from multigeometry.models.pair_model import PairModel
+from multigeometry.paths import models_dir, shards_dir
+from multigeometry.training.checkpoint import (
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from multigeometry.training.objective import TrainModule, accumulated_backward
+from multigeometry.training.optim import make_optimizer, make_scheduler
+from multigeometry.training.tracking import Tracker, default_tracking_uri, system_info
+from multigeometry.training.validation import to_device, validate_model
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(params: Params) -> Runtime:
+    """torchrun's environment decides the ranks; NCCL on CUDA, Gloo on CPU."""
+    cfg = params.train
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
+    return Runtime(rank, world_size, device, torch.bfloat16 if bf16 else None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def needs_tokens(params: Params) -> bool:
+    modalities = {m for p in params.pairs.pairs for m in (p.a, p.b)}
+    return any(getattr(params.model, m).input == "raw" for m in modalities & {"text", "code"})
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int, accum_freq: int) -> int:
+    steps = num_samples // (batch_size * world_size * accum_freq)
+    if steps < 1:
+        raise ValueError(
+            f"{num_samples} training samples are fewer than one step of loader.batch_size={batch_size} x "
+            f"{world_size} rank(s) x train.accum_freq={accum_freq}"
+        )
+    return steps
+
+
+def compile_encoders(model: PairModel, backend: str = "inductor") -> None:
+    """torch.compile each encoder in place (`nn.Module.compile` keeps the state dict's keys, so checkpoints and the
+    registered model stay interchangeable with eager ones)."""
+    for encoder in model.encoders.values():
+        encoder.compile(dynamic=True, backend=backend)
+
+
+def epoch_batches(dataset: IterableStylePairDataset, params: Params, epoch: int, tokenizer: Any) -> Any:
+    """The epoch's batches; the loader's own seed depends on the epoch alone, so a resumed run replays it exactly."""
+    dataset.set_epoch(epoch)
+    return iter(make_loader(dataset, params, tokenizer=tokenizer, seed=params.seed * 100_003 + epoch))
+
+
+class Trainer:
+    def __init__(self, params: Params, root: Path = Path(".")) -> None:
+        self.params, self.cfg, self.root = params, params.train, Path(root)
+        self.rt = setup_runtime(params)
+        seed_everything(params.seed)
+        self.out = models_dir(params, root)
+        self.checkpoints = self.out / "checkpoints"
+        shards = shards_dir(params, root)
+        self.index = read_index(shards)
+        self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
+        vocab = len(self.tokenizer) if self.tokenizer is not None else None
+        model = PairModel.from_index(params, self.index, vocab_size=vocab)
+        self.module = TrainModule(model, MainCriterion(params.loss, params.model)).to(self.rt.device)
+        if self.cfg.compile:
+            compile_encoders(model)
+        self.optimizer = make_optimizer([self.module], self.cfg)
+        resampled = params.loader.resampled or self.rt.world_size > 1  # equal batch counts on every rank
+        self.train_set = IterableStylePairDataset(
+            shards, "train", params, train=True, rank=self.rt.rank, world_size=self.rt.world_size, resampled=resampled
+        )
+        self.val_set = (
+            IterableStylePairDataset(shards, "val", params, train=False, rank=0, world_size=1, resampled=False)
+            if "val" in self.index["splits"]
+            else None
+        )
+        self.steps_per_epoch = steps_per_epoch(
+            self.train_set.num_samples, params.loader.batch_size, self.rt.world_size, self.cfg.accum_freq
+        )
+        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.total_steps)
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(self.module, find_unused_parameters=True)
+            if self.rt.world_size > 1
+            else None
+        )
+        self.step = 0
+        self.best: float | None = None
+        self.history: list[dict[str, float]] = []
+
+    # -----------------------------------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        resume = resolve_resume(self.cfg.resume, self.checkpoints)
+        rng_after_skip = self._restore(resume) if resume is not None else None
+        tracker = Tracker(
+            self.rt.is_main,
+            self.cfg.tracking_uri or default_tracking_uri(self.root),
+            self.cfg.experiment,
+            self.cfg.run_name,
+        )
+        try:
+            tracker.params(self.params.to_dict())
+            tracker.system(system_info(self.rt.device, self.rt.world_size))
+            self._loop(tracker, rng_after_skip)
+            final = self._finish(tracker)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        tracker.finish()
+        return final
+
+    def _loop(self, tracker: Tracker, rng_after_skip: dict | None) -> None:
+        from tqdm import tqdm
+
+        batch_size = self.params.loader.batch_size * self.rt.world_size * self.cfg.accum_freq
+        progress = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
+        )
+        while self.step < self.total_steps:
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            batches = epoch_batches(self.train_set, self.params, epoch, self.tokenizer)
+            for _ in range(position * self.cfg.accum_freq):  # the data position of a resumed run
+                next(batches)
+            if rng_after_skip is not None:
+                set_rng_state(rng_after_skip)
+                rng_after_skip = None
+            for _ in range(position, self.steps_per_epoch):
+                if self.step >= self.total_steps:
+                    break
+                group = list(islice(batches, self.cfg.accum_freq))
+                if len(group) < self.cfg.accum_freq:
+                    break
+                started = time.perf_counter()
+                terms = self._train_step(group)
+                elapsed = time.perf_counter() - started
+                self.step += 1
+                metrics = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+                metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+                metrics["train/samples_per_s"] = batch_size / max(elapsed, 1e-9)
+                metrics["train/samples_per_s_per_rank"] = metrics["train/samples_per_s"] / self.rt.world_size
+                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    tracker.metrics(metrics, self.step)
+                self.history.append({"step": self.step, **metrics})
+                progress.set_postfix(
+                    loss=f"{metrics['train/loss']:.3f}", samples_s=f"{metrics['train/samples_per_s']:.0f}"
+                )
+                progress.update()
+                if self.step % self.cfg.val_every == 0 or self.step == self.total_steps:
+                    self._validate(tracker)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._checkpoint()
+        progress.close()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.rt.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=self.rt.autocast_dtype)
+
+    def _train_step(self, group: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batches = [to_device(b, self.rt.device) for b in group]
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = accumulated_backward(self.module, batches, self.ddp, self._autocast)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.module.criterion.clamp_logit_scale_()
+        return terms
+
+    def _validate(self, tracker: Tracker) -> None:
+        if self.val_set is None or not self.rt.is_main:
+            return
+        loader = make_loader(self.val_set, self.params, tokenizer=self.tokenizer, workers=0, seed=self.params.seed)
+        with self._autocast(), local_only():
+            metrics = validate_model(self.module, loader, self.rt.device)
+        tracker.metrics(metrics, self.step)
+        self.history[-1].update(metrics)
+        value = metrics.get(self.cfg.best_metric)
+        if value is None:
+            return
+        better = self.best is None or (value > self.best if self.cfg.best_mode == "max" else value < self.best)
+        if better:
+            self.best = value
+            self._save_model(self.out / "best" / MODEL_FILE, {self.cfg.best_metric: value, "step": self.step})
+
+    # -----------------------------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        states = [rng_state()]
+        if self.rt.world_size > 1:
+            states = [None] * self.rt.world_size
+            dist.all_gather_object(states, rng_state())
+        return {
+            "step": self.step,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": states,
+            "best": self.best,
+            "history": self.history,
+            "world_size": self.rt.world_size,
+        }
+
+    def _checkpoint(self) -> None:
+        state = self._state()  # every rank takes part in gathering the RNG states
+        if self.rt.is_main:
+            path = save_checkpoint(self.checkpoints, self.step, state, self.cfg.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        if self.rt.world_size > 1:
+            dist.barrier()
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        state = load_checkpoint(path)
+        if state["world_size"] != self.rt.world_size:
+            raise ValueError(f"{path}: saved by {state['world_size']} rank(s), resumed with {self.rt.world_size}")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best, self.history = state["step"], state["best"], list(state["history"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return state["rng"][self.rt.rank]
+
+    def _save_model(self, path: Path, info: dict[str, Any]) -> None:
+        from multigeometry.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(
+                {
+                    "model": self.module.model.state_dict(),
+                    "logit_scale": self.module.criterion.logit_scale(),
+                    "params": self.params.to_dict(),
+                    "index": self.index,
+                    "info": info,
+                },
+                tmp,
+            )
+
+    def _finish(self, tracker: Tracker) -> Path:
+        if not self.rt.is_main:
+            return self.out
+        final = self.out / MODEL_FILE
+        self._save_model(final, {"step": self.step})
+        last = self.history[-1] if self.history else {}
+        summary = {k: v for k, v in last.items() if k != "step"} | {"step": self.step, "best": self.best}
+        write_json_atomic(self.out / "metrics" / "train.json", summary)
+        write_json_atomic(self.out / "resolved_params.json", self.params.to_dict())
+        _write_curve(self.out / "plots" / "loss.csv", self.history)
+        tracker.artifact(self.out / "resolved_params.json")
+        tracker.artifact(self.out / "metrics" / "train.json", "metrics")
+        tracker.artifact(final, "model")
+        return self.out
+
+
+def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    from multigeometry.io import atomic_path
+
+    columns = ["step", "train/loss", "train/lr"] + sorted({k for h in history for k in h if k.startswith("val/")})
+    with atomic_path(path) as tmp:
+        lines = [",".join(c.replace("/", "_").replace("@", "_at_") for c in columns)]
+        for h in history:
+            lines.append(",".join("" if h.get(c) is None else f"{h[c]:.6g}" for c in columns))
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def train_model(params: Params, root: Path = Path(".")) -> Path:
+    try:
+        return Trainer(params, root).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def read_train_metrics(out: Path) -> dict[str, Any]:
+    return json.loads((Path(out) / "metrics" / "train.json").read_text())

@@ -1,0 +1,149 @@
+"""The training objective over a batch of several pairings: each configured pair (a, b, weight) scored by
+MainCriterion on the rows that carry both modalities, plus the cone entailment term where text has a hierarchy.
+
+`TrainModule` bundles the model and the criterion (the learnable temperature) so that DDP wraps, syncs and averages
+both; its forward computes the whole loss, so every used parameter is reached through DDP's forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.losses import ConeHierarchy, MainCriterion
+from multigeometry.models.pair_model import Distribution, PairModel
+
+
+def select_rows(dist: Distribution, rows: Tensor) -> Distribution:
+    return dist.map(lambda t: t[rows])
+
+
+def concat(parts: list[Distribution]) -> Distribution:
+    first = parts[0]
+    if isinstance(first, ConeParams):
+        return ConeParams(torch.cat([p.direction for p in parts]), torch.cat([p.theta for p in parts]))
+    assert isinstance(first, MixtureParams)
+    logvar = None if first.logvar is None else torch.cat([p.logvar for p in parts])  # type: ignore[misc]
+    return MixtureParams(torch.cat([p.logits for p in parts]), torch.cat([p.mu for p in parts]), logvar)
+
+
+def hierarchy_for_rows(batch: dict[str, Any], general: ConeParams, keep: Tensor, side: str) -> ConeHierarchy | None:
+    """The batch's hierarchy restricted to the rows `keep` (a bool mask), re-indexed to the selected rows."""
+    owner, parent = batch["hierarchy_owner"].to(keep.device), batch["hierarchy_parent"].to(keep.device)
+    kept_entries = keep[owner]
+    if not bool(kept_entries.any()):
+        return None
+    new_row = torch.cumsum(keep.long(), 0) - 1
+    new_entry = torch.cumsum(kept_entries.long(), 0) - 1
+    idx = torch.nonzero(kept_entries).squeeze(1)
+    old_parent = parent[idx]
+    remapped = torch.where(old_parent >= 0, new_entry[old_parent.clamp_min(0)], old_parent)
+    return ConeHierarchy(
+        general=select_rows(general, idx),  # type: ignore[arg-type]
+        owner=new_row[owner[idx]],
+        parent=remapped,
+        caption_side=side,  # type: ignore[arg-type]
+    )
+
+
+class TrainModule(nn.Module):
+    def __init__(self, model: PairModel, criterion: MainCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    @torch.no_grad()
+    def features(self, batch: dict[str, Any]) -> dict[str, Distribution]:
+        return self.model(batch, self._modalities(batch))
+
+    def forward(
+        self,
+        batch: dict[str, Any],
+        cached: list[dict[str, Distribution]] | None = None,
+        cached_batches: list[dict[str, Any]] | None = None,
+        slot: int = 0,
+    ) -> dict[str, Tensor]:
+        """The weighted loss of the batch. With `cached` (the other micro-batches' features, computed without
+        gradients), this batch's fresh features replace slot `slot` and the contrastive terms see the whole
+        accumulated batch, as OpenCLIP's accum-freq does."""
+        dists = self.model(batch, self._modalities(batch))
+        general = None
+        if self.model.cfg.geometry == "cone" and self.criterion.cfg.entailment_weight > 0:
+            general = self.model.encode_hierarchy(batch)
+        batches = [batch] if cached is None else cached_batches
+        all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
+        return self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0)
+
+    @staticmethod
+    def _modalities(batch: dict[str, Any]) -> list[str]:
+        return sorted({m for a, b, _w in batch["pairs"] for m in (a, b)})
+
+    def _pair_losses(
+        self,
+        batch: dict[str, Any],
+        batches: list[dict[str, Any]] | None,
+        all_dists: list[dict[str, Distribution]],
+        general: Distribution | None,
+        slot: int,
+    ) -> dict[str, Tensor]:
+        assert batches is not None
+        device = batch["group_ids"].device
+        terms: dict[str, Tensor] = {}
+        total = torch.zeros((), device=device)
+        for a, b, weight in batch["pairs"]:
+            masks = [(bt["present"][a] & bt["present"][b]).to(device) for bt in batches]
+            rows = [torch.nonzero(m).squeeze(1) for m in masks]
+            side_a = concat([select_rows(d[a], r) for d, r in zip(all_dists, rows, strict=True)])
+            side_b = concat([select_rows(d[b], r) for d, r in zip(all_dists, rows, strict=True)])
+            groups = torch.cat([bt["group_ids"].to(device)[r] for bt, r in zip(batches, rows, strict=True)])
+            hierarchy = None
+            if isinstance(general, ConeParams) and "text" in (a, b) and len(batch["hierarchy_owner"]):
+                own = hierarchy_for_rows(batch, general, masks[slot], "b" if b == "text" else "a")
+                if own is not None:  # entailment is local to this micro-batch: offset its owners into the concat
+                    offset = sum(int(m.sum()) for m in masks[:slot])
+                    hierarchy = ConeHierarchy(own.general, own.owner + offset, own.parent, own.caption_side)
+            out = self.criterion(side_a, side_b, groups, hierarchy)
+            total = total + weight * out["loss"]
+            for name, value in out.items():
+                if name != "loss":
+                    terms[f"{a}-{b}/{name}"] = value.detach()
+        terms["loss"] = total
+        return terms
+
+
+def accumulated_backward(
+    module: TrainModule,
+    batches: list[dict[str, Any]],
+    wrapper: nn.Module | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, Tensor]:
+    """Backward of the loss over the union of `batches`, one micro-batch's graph at a time (OpenCLIP's accum-freq):
+    the features of every micro-batch are computed once without gradients; then each micro-batch is recomputed with
+    gradients and the loss is taken over the union with the others' cached features. Each encoder parameter thus
+    gets the whole-batch gradient once, summed over micro-batches; the criterion's own parameters (the temperature)
+    see the whole loss in every pass, so their gradient is averaged over the passes. `wrapper` is the DDP module,
+    whose gradient sync runs on the last pass only."""
+    run = wrapper or module
+    if len(batches) == 1:
+        with autocast():
+            terms = run(batches[0])
+        terms["loss"].backward()
+        return terms
+    with autocast():
+        cached = [module.features(b) for b in batches]
+    for slot, batch in enumerate(batches):
+        last = slot == len(batches) - 1
+        sync = wrapper.no_sync() if wrapper is not None and not last else contextlib.nullcontext()
+        with sync, autocast():
+            terms = run(batch, cached, batches, slot)
+        terms["loss"].backward()
+    for p in module.criterion.parameters():
+        if p.grad is not None:
+            p.grad /= len(batches)
+    return terms
