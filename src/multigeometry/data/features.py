@@ -44,6 +44,8 @@ from multigeometry.models.catalogue import (
     resolve_model,
 )
 
+from multigeometry.models.whisper import whisper_encoder_states
+
 log = logging.getLogger(__name__)
 
 EFFICIENTNET_WEIGHTS = re.compile(r"^(efficientnet-lite[0-4])-.*\.pth$")
@@ -85,35 +87,6 @@ def layer_index(layer: int, n_states: int, where: str, model: str) -> int:
             f"(the embeddings and {n_states - 1} layers); allowed: {-n_states}..{n_states - 1}"
         )
     return layer % n_states
-
-
-def whisper_encoder_states(encoder: Any, input_features: torch.Tensor, upto: int) -> torch.Tensor:
-    """Hidden state number ``upto`` of a transformers `WhisperEncoder` for log-mel input of any length <= 30 s.
-
-    The numbering is transformers': 0 = the embeddings (convolutions + positions), i = the output of layer i, and
-    the last (= number of layers) = the final layer norm's output, i.e. ``last_hidden_state``. The positional
-    embeddings are sliced to the number of frames after the stride-2 convolution, instead of requiring Whisper's
-    3000 input frames. Layers past ``upto`` are not run.
-    """
-    n_layers = len(encoder.layers)
-    if not 0 <= upto <= n_layers:
-        raise ValueError(f"whisper_encoder_states: upto={upto} outside 0..{n_layers}")
-    positions = encoder.embed_positions.weight
-    conv_stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
-    if input_features.shape[-1] > positions.shape[0] * conv_stride:
-        raise ValueError(
-            f"whisper_encoder_states: {input_features.shape[-1]} frames exceed the encoder's "
-            f"{positions.shape[0] * conv_stride}; split the input into windows"
-        )
-    hidden = torch.nn.functional.gelu(encoder.conv1(input_features))
-    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-    hidden = hidden + positions[: hidden.shape[1]].to(hidden.dtype)
-    for layer in encoder.layers[:upto]:
-        out = layer(hidden, None)
-        hidden = out[0] if isinstance(out, tuple) else out
-    if upto == n_layers:
-        hidden = encoder.layer_norm(hidden)
-    return hidden
 
 
 def efficientnet_preprocess(images: Sequence[Any], image_size: int) -> torch.Tensor:

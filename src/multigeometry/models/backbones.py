@@ -327,7 +327,7 @@ class WhisperTrunk(Trunk):
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # Imported here: `data.features` imports `models.catalogue`, so a module-level import could become a cycle.
-        from multigeometry.data.features import whisper_encoder_states
+        from multigeometry.models.whisper import whisper_encoder_states
 
         mel = mel * self.mel_std[:, None] + self.mel_mean[:, None]
         dtype = self.encoder.conv1.weight.dtype
