@@ -36,6 +36,9 @@ from multigeometry.geometry.mixture import (
 
 Distribution = MixtureParams | ConeParams
 
+# InfoNCE blocks: 1 Mi entries (4 MiB float32); each block has two or three temporaries of this size.
+INFO_NCE_CHUNK_ELEMENTS = 1 << 20
+
 
 @dataclass(frozen=True)
 class ConeHierarchy:
@@ -62,7 +65,7 @@ def info_nce(
     col_groups: Tensor | None = None,
     label_smoothing: float = 0.0,
     symmetric: bool = False,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int = INFO_NCE_CHUNK_ELEMENTS,
 ) -> Tensor:
     """Mean cross-entropy of the rows of the logits scale · sim (R, C), each against its positive column.
 
@@ -106,7 +109,8 @@ class _Blocks:
         self.sim, self.scale, self.positive, self.dim = sim, scale, positive, dim
         self.row_groups, self.col_groups = row_groups, col_groups
         self.n = sim.shape[1 - dim]
-        self.step = max(1, min(self.n, chunk_elements // max(sim.shape[dim], 1)))
+        # at most an eighth of the matrix, so that the blocks' temporaries stay small beside it for small batches too
+        self.step = max(1, min(self.n // 8, chunk_elements // max(sim.shape[dim], 1)))
 
     def __iter__(self) -> Iterator[tuple[slice, Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor]]]:
         """(the block's slice, its raw sim, its logits, its mask or None, where its positives lie)"""
@@ -355,7 +359,7 @@ class MainCriterion(nn.Module):
         a_all, b_all = a.map(gather), b.map(gather)
         groups_all = None if group_ids is None else all_gather_no_grad(group_ids)
         scale = self.logit_scale()
-        eps, chunk = cfg.label_smoothing, self.chunk_elements
+        eps, chunk = cfg.label_smoothing, INFO_NCE_CHUNK_ELEMENTS
         if cfg.local_loss:
             n = a.batch_size
             positive = torch.arange(n, device=scale.device) + rank * n

@@ -11,7 +11,9 @@ from multigeometry.geometry.mixture import MixtureParams, mixture_from_raw
 
 
 class MixtureEmbedding(nn.Module):
-    """K diagonal Gaussians: weight logits (B,K), means (B,K,D), log-variances (B,K,D) bounded by the config."""
+    """K diagonal Gaussians: weight logits (B,K), means (B,K,D) on the unit sphere, log-variances (B,K,D) bounded by
+    the config. Unit means keep ‖μ − μ'‖² in [0, 4] as CLIP's cosine is in [−1, 1], so the learnable logit scale
+    starts where it does for CLIP; unbounded means made CSD logits saturate from the first step."""
 
     def __init__(self, in_dim: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -23,7 +25,7 @@ class MixtureEmbedding(nn.Module):
         out = self.proj(x)
         logits = out[:, : self.k]
         mu, raw_logvar = out[:, self.k :].reshape(x.shape[0], self.k, 2, self.d).unbind(2)
-        return mixture_from_raw(logits, mu, raw_logvar, *self.bounds)
+        return mixture_from_raw(logits, F.normalize(mu, dim=-1), raw_logvar, *self.bounds)
 
 
 class PointEmbedding(nn.Module):
