@@ -58,6 +58,11 @@ def repo_copy(tmp_path: Path) -> Path:
     _set(repo, "validate.image_min_side", 16)
     _set(repo, "shard.workers", 1)
     _set(repo, "features.code.model", "")  # real pretrained features for image, text and audio
+    _set(repo, "pairs.pairs", [{"a": "image", "b": "text", "weight": 1.0}, {"a": "audio", "b": "text", "weight": 1.0}])
+    _set(repo, "loader.batch_size", 4)
+    _set(repo, "loader.workers", 0)
+    _set(repo, "train.epochs", 1)
+    _set(repo, "train.tracking_uri", f"sqlite:///{repo / 'mlflow.db'}")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         _run(cmd, repo)
@@ -66,7 +71,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def test_repro_reruns_exactly_what_changed(repo_copy: Path):
     first = _run(["dvc", "repro"], repo_copy)
-    assert _ran(first) == ["prepare", "validate", "shard"]
+    assert _ran(first) == ["prepare", "validate", "shard", "train"]
     assert (repo_copy / "data/validated/world/manifest.parquet").is_file()
     index = json.loads((repo_copy / "data/shards/world/index.json").read_text())
     assert sum(split["samples"] for split in index["splits"].values()) == 10
@@ -80,14 +85,16 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path):
     _set(repo_copy, "validate.max_bad_fraction", 0.5)
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["validate"]
 
-    _set(repo_copy, "shard.max_samples", 4)  # a shard knob: only shard
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard"]
+    _set(repo_copy, "shard.max_samples", 4)  # a shard knob: shard, and train on the new shards
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard", "train"]
 
-    _set(repo_copy, "model.embed_dim", 16)  # a knob no data stage reads: nothing re-runs
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == []
+    _set(repo_copy, "model.embed_dim", 16)  # a training knob never re-runs a data stage
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train"]
 
     _set(repo_copy, "data.world.n_items", 11)  # a data knob: everything downstream
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard"]
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard", "train"]
+    train_metrics = json.loads((repo_copy / "data/models/default/metrics/train.json").read_text())
+    assert train_metrics["step"] >= 1
 
     metrics = _run(["dvc", "metrics", "show"], repo_copy)
     assert "rows_passed" in metrics and "11" in metrics

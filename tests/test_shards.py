@@ -201,9 +201,11 @@ def test_pretrained_features_are_stored_and_reproducible(validated_world):
     index = json.loads((out / INDEX).read_text())
     assert index["features"]["image.emb"]["dim"] == 1280
     assert index["features"]["text.emb"]["dim"] == index["features"]["audio.emb"]["dim"] == 384
-    assert set(index["normalization"]) == {"audio.feat", "image.emb", "text.emb", "audio.emb"}
+    # the hierarchy's descriptions are embedded by the text model too, one (levels, 384) array per sample
+    assert set(index["normalization"]) == {"audio.feat", "image.emb", "text.emb", "audio.emb", "hierarchy.emb"}
     with tarfile.open(sorted((out / "train").glob("*.tar"))[0]) as tar:
         names = {m.name.split(".", 1)[1] for m in tar.getmembers()}
-    assert {"image.emb.npy", "text.emb.npy", "audio.emb.npy"} <= names and "code.emb.npy" not in names
+    assert {"image.emb.npy", "text.emb.npy", "audio.emb.npy", "hierarchy.emb.npy"} <= names
+    assert "code.emb.npy" not in names
     _params, again = run(1)
     assert digests(again) == first
