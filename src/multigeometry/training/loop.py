@@ -27,6 +27,7 @@ from multigeometry.config import Params
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
 from multigeometry.distributed import local_only
+from multigeometry.inference import needs_tokens
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
@@ -82,11 +83,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def needs_tokens(params: Params) -> bool:
-    modalities = {m for p in params.pairs.pairs for m in (p.a, p.b)}
-    return any(getattr(params.model, m).input == "raw" for m in modalities & {"text", "code"})
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int, accum_freq: int) -> int:

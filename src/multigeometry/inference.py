@@ -1,0 +1,69 @@
+"""A trained model loaded from the train stage's `model.pt`: the PairModel, its params and shard index, and the
+geometry's similarity, for evaluation, registration and search."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from multigeometry.config import Params, params_from_dict
+from multigeometry.losses import Distribution, MainCriterion
+from multigeometry.models.pair_model import PairModel
+
+
+def needs_tokens(params: Params) -> bool:
+    """Whether a configured pair feeds raw text or code, which the loader then tokenises."""
+    modalities = {m for p in params.pairs.pairs for m in (p.a, p.b)}
+    return any(getattr(params.model, m).input == "raw" for m in modalities & {"text", "code"})
+
+
+@dataclass
+class TrainedModel:
+    model: PairModel
+    criterion: MainCriterion
+    params: Params
+    index: dict[str, Any]
+    tokenizer: Any | None
+    info: dict[str, Any]
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
+
+    def similarity(self, a: Distribution, b: Distribution) -> Tensor:
+        """All pairs' similarities (rows of `a` against rows of `b`) in the model's geometry, before the logit scale."""
+        return self.criterion.similarity(a, b)
+
+    def to(self, device: torch.device | str) -> TrainedModel:
+        self.model.to(device)
+        self.criterion.to(device)
+        return self
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """The model the train stage saved at `path` (`model.pt` or `best/model.pt`), in eval mode on `device`."""
+    from multigeometry.data.collate import load_tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model here; run the train stage first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"model", "params", "index", "logit_scale"} - set(state)
+    if missing:
+        raise ValueError(f"{path}: not a multigeometry model file, it lacks {sorted(missing)}")
+    params = params_from_dict(state["params"])
+    tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
+    model = PairModel.from_index(params, state["index"], vocab_size=len(tokenizer) if tokenizer is not None else None)
+    model.load_state_dict(state["model"])
+    criterion = MainCriterion(params.loss, params.model)
+    with torch.no_grad():
+        criterion.log_logit_scale.fill_(math.log(float(state["logit_scale"])))
+    trained = TrainedModel(model, criterion, params, state["index"], tokenizer, dict(state.get("info", {})))
+    model.eval()
+    criterion.eval()
+    return trained.to(device)
