@@ -19,6 +19,7 @@ from multigeometry.models.encoders import (
     TextEncoder,
     build_encoder,
 )
+from tests.tiny_models import SPECIALS, save_tiny_bert, tiny_vision_kwargs, tiny_whisper_config
 
 HIDDEN = 16
 N_MELS = 16
@@ -27,7 +28,6 @@ FEATURE_DIM = 12
 IMAGE = 32
 WHISPER_POSITIONS = 16  # the tiny Whisper encoder's window: 32 log-mel frames
 WORDS = ["a", "the", "dog", "cat", "red", "blue", "green", "small", "big", "on", "grass", "sits", "near"]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SMALL_TORCHVISION = "torchvision:shufflenet_v2_x0_5"  # cheap to build where only the errors matter
 NORM = {"mean": [-0.5 + 0.05 * i for i in range(N_MELS)], "std": [0.5 + 0.02 * i for i in range(N_MELS)]}
 
@@ -148,59 +148,11 @@ def test_scratch_audio_downsampled_lengths_count_only_valid_frames() -> None:
 
 
 def _whisper_config() -> object:
-    from transformers import WhisperConfig
-
-    return WhisperConfig(
-        vocab_size=64,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        num_mel_bins=N_MELS,
-        max_source_positions=WHISPER_POSITIONS,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-    )
-
-
-def _save_bert(folder: Path) -> None:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir()
-    vocab = SPECIALS + WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(folder)
+    return tiny_whisper_config(N_MELS, WHISPER_POSITIONS)
 
 
 def _vision_kwargs() -> dict:
-    return {
-        "hidden_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-        "image_size": IMAGE,
-        "patch_size": 8,
-    }
+    return tiny_vision_kwargs(IMAGE)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +164,7 @@ def backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, 
 
     root = tmp_path_factory.mktemp("backbones")
     torch.manual_seed(0)
-    _save_bert(root / "bert")
+    save_tiny_bert(root / "bert", WORDS)
     vit = ViTConfig(**_vision_kwargs(), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ViTModel(vit).save_pretrained(root / "vit")
     CLIPVisionModel(CLIPVisionConfig(**_vision_kwargs())).save_pretrained(root / "clip-vision")
