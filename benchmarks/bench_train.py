@@ -1,0 +1,185 @@
+"""Training throughput (samples/s) on the CPU: the configured model beside the `point` geometry and a plain CLIP loss
+with the same encoders and batch, and the configured model on 2 ranks against 1.
+
+A step is what the train stage's step is: forward of every pair in the batch, the loss, backward, gradient clipping
+and AdamW. The batches are read from the shards once and kept in memory, so the figures are the model's and the
+loss's, not the loader's. The variants run interleaved (one round of steps each, repeated), so that a slower or
+faster moment of a shared machine does not favour one of them.
+
+- `configured`: params.yaml's model and loss (default: a K-component mixture with the CSD similarity);
+- `point`: the same encoders, `model.geometry: point` through MainCriterion (InfoNCE over cosines, group-aware);
+- `clip`: the same encoders and point head, with OpenCLIP's plain ClipLoss in place of MainCriterion (normalised
+  features, one matmul, cross-entropy both ways against the diagonal): the OpenCLIP-equivalent baseline.
+Ranks: the configured model under DDP with Gloo, 1 rank against 2 (the same per-rank batch, so 2 ranks train on a
+global batch twice the size), each run using all the machine's cores between its ranks.
+
+Usage: python benchmarks/bench_train.py [--params params.yaml] [--set key=value ...] [--steps 12] [--rounds 3]
+Needs the shard stage's output (`dvc repro shard`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from multigeometry.config import Params, load_params
+from multigeometry.data.collate import load_tokenizer
+from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.inference import needs_tokens
+from multigeometry.losses import MainCriterion
+from multigeometry.models.pair_model import PairModel
+from multigeometry.paths import shards_dir
+from multigeometry.training.objective import TrainModule, accumulated_backward
+from multigeometry.training.optim import make_optimizer
+
+
+class PlainClipLoss(nn.Module):
+    """OpenCLIP's ClipLoss on one-component point embeddings: the baseline every other variant is measured against."""
+
+    def __init__(self, init_logit_scale: float) -> None:
+        super().__init__()
+        self.log_logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)).log())
+        self.cfg = None
+
+    def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None) -> dict[str, Tensor]:
+        fa, fb = F.normalize(a.mu[:, 0], dim=-1), F.normalize(b.mu[:, 0], dim=-1)
+        logits = self.log_logit_scale.exp() * fa @ fb.T
+        labels = torch.arange(len(fa), device=fa.device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        return {"loss": loss, "contrastive": loss.detach()}
+
+
+def variant_params(params: Params, name: str) -> Params:
+    if name == "configured":
+        return params
+    model = replace(params.model, geometry="point", n_components=1)
+    return replace(params, model=model, loss=replace(params.loss, similarity="point"))
+
+
+def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[TrainModule, torch.optim.Optimizer]:
+    torch.manual_seed(params.seed)
+    p = variant_params(params, name)
+    model = PairModel.from_index(p, index, vocab_size=vocab)
+    criterion = PlainClipLoss(p.loss.init_logit_scale) if name == "clip" else MainCriterion(p.loss, p.model)
+    module = TrainModule(model, criterion)
+    return module, make_optimizer([module], p.train)
+
+
+def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+    shards = shards_dir(params)
+    dataset = IterableStylePairDataset(shards, "train", params, train=True, rank=rank, world_size=world, resampled=True)
+    tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
+    loader = iter(make_loader(dataset, params, workers=0, tokenizer=tokenizer, seed=params.seed + rank))
+    return [next(loader) for _ in range(n)]
+
+
+def step(
+    module: TrainModule, optimizer: torch.optim.Optimizer, batch: dict, clip: float, ddp: nn.Module | None
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    accumulated_backward(module, [batch], ddp)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+
+
+def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
+    index = read_index(shards_dir(params))
+    tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
+    vocab = len(tokenizer) if tokenizer is not None else None
+    batches = read_batches(params, steps)
+    names = ["configured", "point", "clip"]
+    built = {name: build(params, name, index, vocab) for name in names}
+    for module, optimizer in built.values():  # one warm-up step each
+        step(module, optimizer, batches[0], params.train.grad_clip, None)
+    seconds = dict.fromkeys(names, 0.0)
+    samples = sum(len(b["group_ids"]) for b in batches)
+    for _ in range(rounds):
+        for name in names:
+            module, optimizer = built[name]
+            started = time.perf_counter()
+            for batch in batches:
+                step(module, optimizer, batch, params.train.grad_clip, None)
+            seconds[name] += time.perf_counter() - started
+    return {name: rounds * samples / seconds[name] for name in names}
+
+
+def _rank_worker(rank: int, world: int, port: int, params: Params, steps: int, threads: int, out: Any) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        index = read_index(shards_dir(params))
+        tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
+        module, optimizer = build(params, "configured", index, len(tokenizer) if tokenizer is not None else None)
+        ddp = nn.parallel.DistributedDataParallel(module) if world > 1 else None
+        batches = read_batches(params, steps, rank, world)
+        step(module, optimizer, batches[0], params.train.grad_clip, ddp)
+        dist.barrier()
+        started = time.perf_counter()
+        for batch in batches:
+            step(module, optimizer, batch, params.train.grad_clip, ddp)
+        dist.barrier()
+        elapsed = time.perf_counter() - started
+        total = torch.tensor(float(sum(len(b["group_ids"]) for b in batches)))
+        dist.all_reduce(total)
+        if rank == 0:
+            out.put(float(total) / elapsed)
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_ranks(params: Params, world: int, steps: int) -> float:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    threads = max(1, (os.cpu_count() or 1) // world)
+    mp.spawn(_rank_worker, args=(world, port, params, steps, threads, out), nprocs=world, join=True)
+    return out.get()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", "-S", dest="overrides", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=12, help="training steps per round (batches held in memory)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-ranks", action="store_true", help="skip the 1-rank against 2-rank comparison")
+    args = parser.parse_args()
+    params = load_params(args.params, args.overrides)
+    rates = bench_variants(params, args.steps, args.rounds)
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "batch_size": params.loader.batch_size,
+        "geometry": params.model.geometry,
+        "n_components": params.model.n_components,
+        "similarity": params.loss.similarity,
+        "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "configured_over_clip": round(rates["configured"] / rates["clip"], 3),
+        "point_over_clip": round(rates["point"] / rates["clip"], 3),
+    }
+    if not args.no_ranks:
+        one = bench_ranks(params, 1, args.steps)
+        two = bench_ranks(params, 2, args.steps)
+        report["ranks_samples_per_s"] = {"1": round(one, 1), "2": round(two, 1)}
+        report["two_over_one"] = round(two / one, 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
