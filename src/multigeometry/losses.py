@@ -38,6 +38,7 @@ Distribution = MixtureParams | ConeParams
 
 # InfoNCE blocks: 1 Mi entries (4 MiB float32); each block has two or three temporaries of this size.
 INFO_NCE_CHUNK_ELEMENTS = 1 << 20
+SINGLE_BLOCK_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,13 @@ class _Blocks:
         self.sim, self.scale, self.positive, self.dim = sim, scale, positive, dim
         self.row_groups, self.col_groups = row_groups, col_groups
         self.n = sim.shape[1 - dim]
-        # at most an eighth of the matrix, so that the blocks' temporaries stay small beside it for small batches too
-        self.step = max(1, min(self.n // 8, chunk_elements // max(sim.shape[dim], 1)))
+        # A matrix of up to SINGLE_BLOCK_ELEMENTS (and chunk_elements) is one block: per-block overhead would dominate
+        # a training batch's loss. Larger ones take at most an eighth of the matrix a block, so that the temporaries
+        # stay small beside it.
+        if sim.numel() <= min(chunk_elements, SINGLE_BLOCK_ELEMENTS):
+            self.step = max(1, self.n)
+        else:
+            self.step = max(1, min(self.n // 8, chunk_elements // max(sim.shape[dim], 1)))
 
     def __iter__(self) -> Iterator[tuple[slice, Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor]]]:
         """(the block's slice, its raw sim, its logits, its mask or None, where its positives lie)"""
