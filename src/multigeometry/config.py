@@ -268,9 +268,9 @@ class ModelConfig:
     text: EncoderConfig = field(default_factory=EncoderConfig)
     audio: EncoderConfig = field(default_factory=EncoderConfig)
     code: EncoderConfig = field(default_factory=EncoderConfig)
-    n_components: int = bounded(4, min=1, max=64)
-    logvar_min: float = -9.0
-    logvar_max: float = 2.0
+    n_components: int = bounded(2, min=1, max=64)
+    logvar_min: float = -12.0
+    logvar_max: float = -3.0
     theta_min: float = bounded(0.05, min=0.0, max=3.14159)
     theta_max: float = bounded(1.2, min=0.0, max=3.14159)
 
