@@ -100,6 +100,9 @@ def test_mlflow_run_is_read_back(world):
     assert {"resolved_params.json", "metrics", "model"} <= artifacts
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(history) >= 2
+    # artifacts beside the SQLite store, wherever the run was started from (not ./mlruns under the cwd)
+    assert experiment.artifact_location == (world / "mlartifacts").resolve().as_uri()
+    assert (world / "mlartifacts" / run.info.run_id / "artifacts" / "model" / MODEL_FILE).is_file()
 
 
 def _train_command(params_file: Path, root: Path) -> list[str]:

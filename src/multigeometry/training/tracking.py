@@ -47,6 +47,31 @@ def configure_sqlite_busy_timeout() -> None:
     configure_sqlite_busy_timeout.done = True  # type: ignore[attr-defined]
 
 
+def default_artifact_location(uri: str) -> str | None:
+    """For a SQLite store, `mlartifacts/` beside the database file, as an absolute URI: left to MLflow, artifacts go
+    to `./mlruns` under whatever directory the run started in. Other stores (a tracking server) choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
+def ensure_experiment(experiment: str, uri: str) -> str:
+    """The experiment's id, creating it (with its artifact location) when it does not exist yet; safe when two
+    processes create it at once."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            return mlflow.create_experiment(experiment, artifact_location=default_artifact_location(uri))
+        except MlflowException:  # created meanwhile by another process
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    return found.experiment_id
+
+
 class Tracker:
     def __init__(self, enabled: bool, uri: str, experiment: str, run_name: str) -> None:
         self.enabled = enabled
@@ -58,8 +83,7 @@ class Tracker:
         if uri.startswith("sqlite:"):
             configure_sqlite_busy_timeout()
         mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name)
+        run = mlflow.start_run(run_name=run_name, experiment_id=ensure_experiment(experiment, uri))
         self.run_id = run.info.run_id
         self._mlflow = mlflow
         log.info("MLflow run %s in %s (experiment %s)", self.run_id, uri, experiment)
