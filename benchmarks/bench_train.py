@@ -80,8 +80,14 @@ def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[
     shards = shards_dir(params)
     dataset = IterableStylePairDataset(shards, "train", params, train=True, rank=rank, world_size=world, resampled=True)
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
-    loader = iter(make_loader(dataset, params, workers=0, tokenizer=tokenizer, seed=params.seed + rank))
-    return [next(loader) for _ in range(n)]
+    batches: list[dict[str, Any]] = []
+    epoch = 0
+    while len(batches) < n:  # as many epochs as n batches take
+        dataset.set_epoch(epoch)
+        loader = make_loader(dataset, params, workers=0, tokenizer=tokenizer, seed=params.seed + rank + 1000 * epoch)
+        batches.extend(batch for batch, _ in zip(loader, range(n - len(batches)), strict=False))
+        epoch += 1
+    return batches
 
 
 def step(

@@ -18,6 +18,7 @@ from typing import Literal
 
 import ot
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multigeometry.config import LossConfig, ModelConfig
@@ -88,9 +89,39 @@ def info_nce(
         raise ValueError("a symmetric InfoNCE needs a square similarity matrix with the positives on its diagonal")
     if (row_groups is None) != (col_groups is None):
         raise ValueError("give groups for both rows and columns, or for neither")
+    if sim.numel() <= min(chunk_elements, SINGLE_BLOCK_ELEMENTS):
+        small = _small_info_nce(sim, scale, positive, row_groups, col_groups, float(label_smoothing), symmetric)
+        if small is not None:
+            return small
     return _ScaledInfoNCE.apply(
         sim, scale, positive, row_groups, col_groups, float(label_smoothing), bool(symmetric), int(chunk_elements)
     )
+
+
+def _small_info_nce(
+    sim: Tensor,
+    scale: Tensor,
+    positive: Tensor,
+    row_groups: Tensor | None,
+    col_groups: Tensor | None,
+    label_smoothing: float,
+    symmetric: bool,
+) -> Tensor | None:
+    """`info_nce` of a small matrix through plain autograd: a training batch's loss is dominated by the per-op
+    overhead of the chunked path, not by memory. None where smoothing meets left-out entries, which
+    `F.cross_entropy` would smooth onto."""
+    logits = sim * scale.to(sim.dtype)
+    if row_groups is not None and col_groups is not None:
+        mask = row_groups[:, None] == col_groups[None, :]
+        mask[torch.arange(len(positive), device=mask.device), positive] = False
+        if bool(mask.any()):
+            if label_smoothing > 0:
+                return None
+            logits = logits.masked_fill(mask, float("-inf"))
+    loss = F.cross_entropy(logits, positive, label_smoothing=label_smoothing)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, positive, label_smoothing=label_smoothing)) / 2
+    return loss
 
 
 class _Blocks:

@@ -100,6 +100,10 @@ class _BlockLSEMatmul(torch.autograd.Function):
         return dx, dy, None
 
 
+# Up to this many component-pair products (1 MiB of float32), the plain autograd form is used.
+SMALL_PRODUCT_ELEMENTS = 1 << 18
+
+
 def block_lse_matmul(x: Tensor, y: Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
     """s[i, j] = logsumexp_{k,l} <x[i,k], y[j,l]> for x (B, K, E), y (B', K', E); returns (B, B')."""
     if x.dim() != 3 or y.dim() != 3 or x.shape[-1] != y.shape[-1]:
@@ -108,4 +112,9 @@ def block_lse_matmul(x: Tensor, y: Tensor, chunk_elements: int = DEFAULT_CHUNK_E
     with torch.autocast(device_type=x.device.type, enabled=False):
         if x.shape[1] == 1 and y.shape[1] == 1:
             return x[:, 0] @ y[:, 0].T
+        (b, k, e), (b2, k2) = x.shape, y.shape[:2]
+        if b * k * b2 * k2 <= min(chunk_elements, SMALL_PRODUCT_ELEMENTS):
+            # a training batch: plain autograd, whose few large ops beat the chunked loop's many small ones
+            products = (x.reshape(b * k, e) @ y.reshape(b2 * k2, e).T).reshape(b, k, b2, k2)
+            return products.permute(0, 2, 1, 3).reshape(b, b2, k * k2).logsumexp(-1)
         return _BlockLSEMatmul.apply(x, y, int(chunk_elements))
