@@ -34,3 +34,45 @@ def prepared_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Pa
     params = tiny_params()
     prepare(params, root)
     return params, root
+
+
+def tiny_trained_raw(root: Path, geometry: str = "mixture", run_name: str = "tiny", **train: object) -> dict:
+    """Raw params of the `tiny_trained` world: image+text and audio+text pairs over real pretrained features
+    (`input: emb`), a small model trained for a few steps on CPU. Vary `geometry` and `run_name` to train other
+    models on the same shards."""
+    features = {"image": {"model": "efficientnet-lite0"}, "text": {"model": "all-minilm-l6-v2"},
+                "audio": {"model": "whisper-tiny.en"}}
+    encoder = {"input": "emb", "hidden_dim": 64, "layers": 1}
+    return {
+        "seed": 0,
+        "data": {"world": {"n_items": 48, "workers": 1, "image_size": 64},
+                 "splits": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "validate": {"modalities": ["image", "text", "audio"], "data_docs": False},
+        "features": features,
+        "shard": {"max_samples": 16, "workers": 1},
+        "pairs": {"pairs": [{"a": "image", "b": "text"}, {"a": "audio", "b": "text"}]},
+        "loader": {"batch_size": 16, "workers": 0, "shuffle_buffer": 16, "tokenizer": ""},
+        "model": {"geometry": geometry, "embed_dim": 32, "n_components": 1 if geometry == "point" else 2,
+                  "image": encoder, "text": encoder, "audio": encoder},
+        "loss": {"similarity": "point" if geometry == "point" else "csd"},
+        "train": {"run_name": run_name, "device": "cpu", "epochs": 8, "lr": 3e-3, "warmup_steps": 2,
+                  "val_every": 8, "checkpoint_every": 8, "log_every": 4,
+                  "tracking_uri": f"sqlite:///{Path(root).resolve() / 'mlflow.db'}", **train},
+        "eval": {"device": "cpu", "batch_size": 8, "block_size": 5, "grid_queries": 2, "curve_max_k": 10},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path]:
+    """A tiny world prepared, validated, sharded and trained for a few steps, once for the session:
+    (params, project root); the model is at `paths.models_dir(params, root) / "model.pt"`."""
+    from multigeometry.stages.prepare import prepare
+    from multigeometry.stages.shard import shard
+    from multigeometry.stages.train import train
+    from multigeometry.stages.validate import validate
+
+    root = tmp_path_factory.mktemp("tiny_trained")
+    params = params_from_dict(tiny_trained_raw(root))
+    for stage in (prepare, validate, shard, train):
+        stage(params, root)
+    return params, root

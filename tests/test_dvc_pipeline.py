@@ -42,6 +42,22 @@ def _set(repo: Path, key: str, value) -> None:
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
+def _check_registered(repo: Path) -> None:
+    """The first repro registered version 1 with the alias in the repo's SQLite store, and the pyfunc behind
+    models:/multigeometry@champion embeds raw inputs as the checkpoint embeds the shards."""
+    from multigeometry.config import load_params
+    from multigeometry.registry.register import connect
+    from tests.test_registry import assert_pyfunc_matches_checkpoint
+
+    outcome = json.loads((repo / "data/registry/default/registration.json").read_text())
+    assert outcome["registered"] is True and outcome["version"] == "1", outcome["gate"]["reason"]
+    assert outcome["tags"]["dvc_data_hash"].endswith(".dir")  # the shards' hash from dvc.lock
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    assert str(connect(uri).get_model_version_by_alias("multigeometry", "champion").version) == "1"
+    assert assert_pyfunc_matches_checkpoint("models:/multigeometry@champion", load_params(repo / "params.yaml"),
+                                            repo, uri) > 0
+
+
 @pytest.fixture()
 def repo_copy(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
@@ -71,28 +87,38 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def test_repro_reruns_exactly_what_changed(repo_copy: Path):
     first = _run(["dvc", "repro"], repo_copy)
-    assert _ran(first) == ["prepare", "validate", "shard", "train"]
+    assert _ran(first) == ["prepare", "validate", "shard", "train", "evaluate", "register"]
     assert (repo_copy / "data/validated/world/manifest.parquet").is_file()
     index = json.loads((repo_copy / "data/shards/world/index.json").read_text())
     assert sum(split["samples"] for split in index["splits"].values()) == 10
     assert {"image.emb", "text.emb", "audio.emb", "audio.feat"} <= set(index["features"])
     assert "code.emb" not in index["features"]
 
+    metrics = json.loads((repo_copy / "data/eval/default/metrics.json").read_text())
+    assert {"image_to_text/R@1", "text_to_audio/mAP@R", "mean_R@1", "hierarchy/level0/R@1"} <= set(metrics)
+    assert (repo_copy / "data/eval/default/grids/text_to_image.png").is_file()
+    _check_registered(repo_copy)
+
     again = _run(["dvc", "repro"], repo_copy)
     assert _ran(again) == []
+
+    _set(repo_copy, "registry.min_metric", 2.0)  # a registry knob re-runs only register; no model can pass now
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["register"]
+    refused = json.loads((repo_copy / "data/registry/default/registration.json").read_text())
+    assert refused["registered"] is False and "below registry.min_metric" in refused["gate"]["reason"]
 
     # a validate knob re-runs validate; its output is the same, so shard does not re-run
     _set(repo_copy, "validate.max_bad_fraction", 0.5)
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["validate"]
 
     _set(repo_copy, "shard.max_samples", 4)  # a shard knob: shard, and train on the new shards
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard", "train"]
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard", "train", "evaluate", "register"]
 
     _set(repo_copy, "model.embed_dim", 16)  # a training knob never re-runs a data stage
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train"]
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train", "evaluate", "register"]
 
     _set(repo_copy, "data.world.n_items", 11)  # a data knob: everything downstream
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard", "train"]
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard", "train", "evaluate", "register"]
     train_metrics = json.loads((repo_copy / "data/models/default/metrics/train.json").read_text())
     assert train_metrics["step"] >= 1
 

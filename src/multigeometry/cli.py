@@ -16,6 +16,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "validate": ("multigeometry.stages.validate", "Check the raw manifest and media; quarantine bad rows."),
     "shard": ("multigeometry.stages.shard", "WebDataset shards per split with audio and pretrained features."),
     "train": ("multigeometry.stages.train", "Train the PairModel on the shards (run under torchrun for DDP)."),
+    "evaluate": ("multigeometry.stages.evaluate", "Retrieval, uncertainty and hierarchy metrics of the trained model."),
+    "register": ("multigeometry.stages.register", "Register the model in MLflow with an alias when the gate passes."),
 }
 
 
@@ -46,7 +48,62 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         _common(p)
         p.set_defaults(run=_stage_runner(name))
+    _registry_commands(sub)
     return parser
+
+
+def _model_inputs(parser: argparse.ArgumentParser, text_flag: str) -> None:
+    parser.add_argument("--model", required=True, help="a registered model, e.g. models:/multigeometry@champion")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(text_flag, dest="text", metavar="TEXT", help="a text input")
+    group.add_argument("--image", metavar="PATH", help="an image file")
+    group.add_argument("--audio", metavar="PATH", help="an audio file")
+    group.add_argument("--code", metavar="FILE", help="a source file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+
+
+def _registry_commands(sub: argparse._SubParsersAction) -> None:
+    text = "Embed one raw input with a registered model and print its distribution."
+    p = sub.add_parser("embed", help=text, description=text)
+    _model_inputs(p, "--text")
+    _common(p)
+    p.set_defaults(run=_embed, pass_args=True)
+    text = "Search an index of a split (built once in --index DIR) with one query; top k items with scores."
+    p = sub.add_parser("search", help=text, description=text)
+    _model_inputs(p, "--query")
+    p.add_argument("--index", required=True, type=Path, metavar="DIR", help="the index folder (built when missing)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split to index (default: registry.search_split)")
+    p.add_argument("--target", action="append", metavar="MODALITY", help="item modality to search (repeatable; "
+                   "default: every modality of the index)")
+    p.add_argument("-k", type=int, help="results per modality (default: registry.search_k)")
+    _common(p)
+    p.set_defaults(run=_search, pass_args=True)
+
+
+def _embed(params: object, args: argparse.Namespace) -> None:
+    import json
+
+    from multigeometry.registry.tools import embed_one, format_summary, load_registered, one_record
+
+    record = one_record(args.text, args.image, args.audio, args.code)
+    row = embed_one(load_registered(params, args.model), record)  # type: ignore[arg-type]
+    sys.stdout.write((json.dumps(row) if args.json else format_summary(row)) + "\n")
+
+
+def _search(params: object, args: argparse.Namespace) -> None:
+    import json
+
+    from multigeometry.registry.tools import format_results, load_registered, one_record, run_search
+
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"-k {args.k}: must be >= 1")
+    cfg = params.registry  # type: ignore[attr-defined]
+    record = one_record(args.text, args.image, args.audio, args.code)
+    model = load_registered(params, args.model)  # type: ignore[arg-type]
+    rows, built = run_search(params, model, args.index, record, args.k or cfg.search_k,  # type: ignore[arg-type]
+                             args.split or cfg.search_split, args.target)
+    logging.getLogger("multigeometry").info("index %s: %s", args.index, "built" if built else "reused")
+    sys.stdout.write((json.dumps(rows) if args.json else format_results(rows)) + "\n")
 
 
 def _print_params(params: object) -> None:
@@ -77,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"multigeometry: bad params: {e}", file=sys.stderr)
         return 2
     try:
-        args.run(params)
+        args.run(params, args) if getattr(args, "pass_args", False) else args.run(params)
     except Exception as e:  # a stage failure: say which stage and why, without a wall of traceback
         logging.getLogger("multigeometry").debug("stage failed", exc_info=True)
         print(f"multigeometry {args.command}: {type(e).__name__}: {e}", file=sys.stderr)

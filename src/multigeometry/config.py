@@ -329,6 +329,57 @@ class TrainConfig:
     experiment: str = "multigeometry"
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluate stage: retrieval, uncertainty and hierarchy metrics of the trained model on one split."""
+
+    split: Literal["train", "val", "test"] = "test"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = bounded(256, min=1)  # samples per forward pass when embedding the split
+    block_size: int = bounded(1024, min=1)  # queries per block of pair scores: memory is block_size x items
+    ks: tuple[int, ...] = _list([1, 5, 10])  # R@K reported as metrics
+    curve_max_k: int = bounded(50, min=1)  # the recall@K plot runs K = 1 .. curve_max_k
+    mixture_uncertainty: Literal["total_variance", "weight_entropy"] = "total_variance"
+    uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
+    hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
+    grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)
+    grid_k: int = bounded(5, min=1, max=20)
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ParamsError(f"eval.ks: {list(self.ks)} must be a non-empty list of integers >= 1")
+        if not self.uncertainty_quantiles or any(not 0 < q <= 100 for q in self.uncertainty_quantiles):
+            raise ParamsError(
+                f"eval.uncertainty_quantiles: {list(self.uncertainty_quantiles)} must be percentages in (0, 100]"
+            )
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """The register stage: the MLflow pyfunc model, registered (and given `alias`) only when the gate passes, and the
+    defaults of the `embed` and `search` commands."""
+
+    model_name: str = "multigeometry"  # the registered model's name
+    alias: str = "champion"  # moved to each version that passes the gate
+    gate_metric: str = "mean_R@1"  # a key of the evaluate stage's metrics.json; higher is better
+    min_metric: float = 0.0  # the gate: gate_metric >= min_metric and >= the current champion's
+    tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db (as train.tracking_uri)
+    experiment: str = "multigeometry-registry"  # the experiment of the runs that log the pyfunc model
+    search_split: Literal["train", "val", "test"] = "test"  # what `multigeometry search` indexes by default
+    search_k: int = bounded(10, min=1)  # results per query of `multigeometry search`
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*", self.model_name):
+            raise ParamsError(f"registry.model_name: {self.model_name!r} must be a non-empty name (letters, digits, "
+                              "'_', '-', '.', spaces)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", self.alias) or self.alias.lower() == "latest" \
+                or re.fullmatch(r"[vV]\d+", self.alias):
+            raise ParamsError(f"registry.alias: {self.alias!r} must be letters, digits, '_' or '-', start with a "
+                              "letter or '_', and not be 'latest' or v<digits> (MLflow reserves them)")
+        if not self.gate_metric:
+            raise ParamsError("registry.gate_metric: empty; name a key of the evaluate stage's metrics.json")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the whole tree
 # ---------------------------------------------------------------------------------------------------------------------
@@ -347,6 +398,8 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -21,3 +21,11 @@ def shards_dir(params: Params, root: Path = Path(".")) -> Path:
 
 def models_dir(params: Params, root: Path = Path(".")) -> Path:
     return Path(root) / "data" / "models" / params.train.run_name
+
+
+def eval_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "eval" / params.train.run_name
+
+
+def registry_dir(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "registry" / params.train.run_name

@@ -1,0 +1,117 @@
+"""What the evaluate stage writes: flat `metrics.json`, plot data for `dvc plots` (recall@K, R@1 of the most certain
+queries) and a PNG grid of the top retrievals per direction."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+
+from multigeometry.evaluation.suite import EvalResult, TopK
+from multigeometry.io import atomic_path, write_json_atomic
+
+METRICS_FILE = "metrics.json"
+RECALL_PLOT = "plots/recall_at_k.csv"
+CERTAIN_PLOT = "plots/certain_r1.csv"
+GRID_DIR = "grids"
+CELL = 128
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) -> None:
+    with atomic_path(path) as tmp:
+        lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def write_report(result: EvalResult, out: Path, shards_root: Path) -> dict[str, float]:
+    """Writes everything under `out`; returns the metrics."""
+    out = Path(out)
+    write_json_atomic(out / METRICS_FILE, dict(sorted(result.metrics.items())))
+    write_csv(
+        out / RECALL_PLOT,
+        ["direction", "k", "recall"],
+        ((d, k, f"{r:.6g}") for d, curve in result.recall_curves.items() for k, r in enumerate(curve, start=1)),
+    )
+    write_csv(
+        out / CERTAIN_PLOT,
+        ["direction", "most_certain_percent", "R_at_1"],
+        ((d, q, f"{r:.6g}") for d, curve in result.certain_curves.items() for q, r in sorted(curve.items())),
+    )
+    if result.top_k and result.embeddings is not None:
+        emb = result.embeddings
+        images = _split_images(shards_root / emb.split, _needed_rows(result.top_k.values()), emb.sample_ids)
+        for name, top in result.top_k.items():
+            grid = render_grid(top, emb.sample_ids, emb.texts, images)
+            with atomic_path(out / GRID_DIR / f"{name}.png") as tmp:
+                grid.save(tmp, format="PNG")
+    return result.metrics
+
+
+def _needed_rows(tops: Iterable[TopK]) -> set[int]:
+    rows: set[int] = set()
+    for top in tops:
+        for q, items in zip(top.query_rows, top.item_rows, strict=True):
+            if top.query_modality == "image":
+                rows.add(q)
+            if top.item_modality == "image":
+                rows.update(items)
+    return rows
+
+
+def _split_images(split_dir: Path, rows: set[int], sample_ids: list[str]) -> dict[int, bytes]:
+    """The image bytes of the wanted rows, read from the split's shards."""
+    from multigeometry.data.shards import sample_key
+
+    wanted = {sample_key(sample_ids[r]): r for r in rows}
+    found: dict[int, bytes] = {}
+    for shard in sorted(split_dir.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if key in wanted and ext in ("image.png", "image.jpg"):
+                    found[wanted[key]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def render_grid(top: TopK, sample_ids: list[str], texts: dict[str, list[str]], images: dict[int, bytes]):  # noqa: ANN201
+    """One row a query: the query, then its top items, each framed green (same group) or red."""
+    from PIL import Image, ImageDraw
+
+    cols = 1 + max((len(r) for r in top.item_rows), default=0)
+    grid = Image.new("RGB", (cols * CELL, len(top.query_rows) * CELL), "white")
+    for r, (q, items, correct) in enumerate(zip(top.query_rows, top.item_rows, top.correct, strict=True)):
+        cells = [(top.query_modality, q, None)] + [
+            (top.item_modality, i, ok) for i, ok in zip(items, correct, strict=True)
+        ]
+        for c, (modality, row, ok) in enumerate(cells):
+            cell = _cell(modality, row, sample_ids, texts, images)
+            grid.paste(cell, (c * CELL, r * CELL))
+            if ok is not None:
+                ImageDraw.Draw(grid).rectangle(
+                    (c * CELL, r * CELL, (c + 1) * CELL - 1, (r + 1) * CELL - 1),
+                    outline=(0, 160, 0) if ok else (200, 0, 0),
+                    width=4,
+                )
+    return grid
+
+
+def _cell(modality: str, row: int, sample_ids: list[str], texts: dict[str, list[str]], images: dict[int, bytes]):  # noqa: ANN202
+    from PIL import Image, ImageDraw
+
+    if modality == "image" and row in images:
+        image = Image.open(io.BytesIO(images[row])).convert("RGB")
+        return image.resize((CELL, CELL))
+    cell = Image.new("RGB", (CELL, CELL), (245, 245, 245))
+    text = texts.get(modality, [""] * (row + 1))[row] if modality in texts else ""
+    label = f"[{modality}] {sample_ids[row]}\n" + "\n".join(textwrap.wrap(text, 20)[:8])
+    ImageDraw.Draw(cell).multiline_text((4, 4), label, fill=(0, 0, 0))
+    return cell
+
+
+def read_metrics(out: Path) -> dict[str, float]:
+    return json.loads((Path(out) / METRICS_FILE).read_text())

@@ -1,0 +1,76 @@
+"""Uncertainty against retrieval error: a per-query uncertainty from the geometry, its Spearman correlation with the
+rank of the query's first positive, and R@1 on the most certain q% of the queries.
+
+The uncertainty is what the geometry gives: a mixture's total variance (or the entropy of its weights), a cone's
+aperture. A point embedding has none. A useful uncertainty correlates positively with the error, and R@1 on the
+most certain queries rises as q falls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.mixture import MixtureParams, mixture_total_variance, mixture_weight_entropy
+
+
+def query_uncertainty(
+    dist: MixtureParams | ConeParams, mixture_measure: Literal["total_variance", "weight_entropy"] = "total_variance"
+) -> Tensor | None:
+    """One uncertainty number per row (B,), or None for a geometry without one (points: one component, no variance)."""
+    if isinstance(dist, ConeParams):
+        return dist.theta.detach()
+    if mixture_measure == "weight_entropy":
+        return mixture_weight_entropy(dist.logits).detach() if dist.n_components > 1 else None
+    if dist.logvar is None and dist.n_components == 1:
+        return None
+    return mixture_total_variance(dist).detach()
+
+
+def average_ranks(x: Tensor) -> Tensor:
+    """1-based ranks of x (N,), ties sharing the mean of their ranks (scipy's rankdata 'average')."""
+    n = x.numel()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    # groups of equal values: start index of each run
+    new_run = torch.ones(n, dtype=torch.bool, device=x.device)
+    if n > 1:
+        new_run[1:] = sorted_x[1:] != sorted_x[:-1]
+    run_id = torch.cumsum(new_run.long(), 0) - 1
+    positions = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
+    n_runs = int(run_id[-1]) + 1 if n else 0
+    run_sum = torch.zeros(n_runs, dtype=torch.float64, device=x.device).index_add_(0, run_id, positions)
+    run_len = torch.bincount(run_id, minlength=n_runs).to(torch.float64)
+    ranks = torch.empty(n, dtype=torch.float64, device=x.device)
+    ranks[order] = (run_sum / run_len)[run_id]
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman's rank correlation of two (N,) tensors, ties averaged; NaN when either is constant or N < 2."""
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"spearman needs two (N,) tensors of one length, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.numel() < 2:
+        return math.nan
+    rx, ry = average_ranks(x.double()), average_ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(rx.norm() * ry.norm())
+    if denom == 0.0:
+        return math.nan
+    return float((rx * ry).sum()) / denom
+
+
+def certain_recall(uncertainty: Tensor, first_rank: Tensor, quantiles: tuple[int, ...], k: int = 1) -> dict[int, float]:
+    """R@k on the q% most certain queries, for each q in `quantiles` (percent): the ceil(q·N/100) queries of lowest
+    uncertainty (ties kept in query order)."""
+    if uncertainty.shape != first_rank.shape:
+        raise ValueError(f"uncertainty {tuple(uncertainty.shape)} and ranks {tuple(first_rank.shape)} disagree")
+    n = uncertainty.numel()
+    if n == 0:
+        return {}
+    hits = (first_rank[torch.argsort(uncertainty.cpu(), stable=True)].cpu() <= k).to(torch.float64)
+    return {q: float(hits[: max(1, -(-q * n // 100))].mean()) for q in quantiles}

@@ -1,0 +1,95 @@
+"""What the `embed` and `search` commands do, given a registered model's URI: load it from the registry (through
+`registry.tracking_uri`), embed one raw input, and search an index of a split."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from multigeometry.config import Params
+
+log = logging.getLogger(__name__)
+
+
+def load_registered(params: Params, uri: str, root: Path = Path(".")) -> Any:
+    """The multigeometry model behind `uri` (`models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/...` or a
+    local folder), loaded through the params' tracking URI."""
+    import mlflow
+
+    from multigeometry.registry.pyfunc import unwrap
+    from multigeometry.registry.register import connect, tracking_uri
+
+    connect(tracking_uri(params, root))
+    return unwrap(mlflow.pyfunc.load_model(uri))
+
+
+def one_record(text: str | None = None, image: str | None = None, audio: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """A single input from the command line; `code` is a FILE whose source is embedded."""
+    given = {k: v for k, v in {"text": text, "image": image, "audio": audio, "code": code}.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError(f"give exactly one input (--text, --image, --audio or --code); got {sorted(given) or 'none'}")
+    (modality, value), = given.items()
+    if modality in ("image", "audio", "code"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--{modality} {value}: no such file")
+        value = path.read_text(encoding="utf-8") if modality == "code" else str(path.resolve())
+    return {modality: value}
+
+
+def embed_one(model: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The output row of the pyfunc model for one record."""
+    import pandas as pd
+
+    frame = model.predict(None, pd.DataFrame([record]))
+    return frame.iloc[0].to_dict()
+
+
+def format_summary(row: dict[str, Any]) -> str:
+    """A few readable lines: modality, geometry, uncertainty and the parameters' shapes and leading values."""
+    lines = [f"modality:    {row['modality']}", f"geometry:    {row['geometry']}"]
+    if row["geometry"] == "cone":
+        direction = list(row["direction"])
+        head = ", ".join(f"{x:.4f}" for x in direction[:6])
+        lines += [f"dimension:   {len(direction)}", f"aperture:    {row['aperture']:.6f} rad",
+                  f"direction:   [{head}{', ...' if len(direction) > 6 else ''}]"]
+    else:
+        weights = list(row["weights"])
+        means = [list(m) for m in row["means"]]
+        lines += [f"components:  {len(weights)} x {len(means[0])} dims",
+                  f"weights:     [{', '.join(f'{w:.4f}' for w in weights)}]",
+                  f"total var.:  {row['total_variance']:.6f}",
+                  f"weight H:    {row['weight_entropy']:.6f}"]
+        for k, mean in enumerate(means):
+            head = ", ".join(f"{x:.4f}" for x in mean[:6])
+            lines.append(f"mean[{k}]:     [{head}{', ...' if len(mean) > 6 else ''}]")
+    u = row["uncertainty"]
+    lines.append(f"uncertainty: {'n/a (point embedding)' if isinstance(u, float) and math.isnan(u) else f'{u:.6f}'}")
+    return "\n".join(lines)
+
+
+def run_search(params: Params, model: Any, index_dir: Path, record: dict[str, Any], k: int, split: str,
+               targets: list[str] | None = None, root: Path = Path(".")) -> tuple[list[dict[str, Any]], bool]:
+    """Embed the query, load (or build once) the index of `split`, and return its top k items: (rows, built now)."""
+    from multigeometry.paths import shards_dir
+    from multigeometry.registry.inputs import RawEmbedder
+    from multigeometry.search import load_or_build, search
+
+    trained = model.trained
+    # the data to index: this project's shards (params.data), whatever data the model was trained on
+    index, built = load_or_build(trained, model.package["model_sha256"], shards_dir(params, root), split,
+                                 index_dir, params.eval.batch_size)
+    embedded = RawEmbedder(trained).embed([record])
+    (modality,) = embedded.dists
+    return search(trained, index, embedded.dists[modality], k, targets, params.eval.block_size), built
+
+
+def format_results(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'modality':<9} {'rank':>4} {'score':>10} {'uncert.':>9}  sample_id  text"]
+    for r in rows:
+        u = "n/a" if math.isnan(r["uncertainty"]) else f"{r['uncertainty']:.4f}"
+        lines.append(f"{r['modality']:<9} {r['rank']:>4} {r['score']:>10.4f} {u:>9}  {r['sample_id']}  {r['text']}")
+    return "\n".join(lines)

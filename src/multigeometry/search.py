@@ -1,0 +1,148 @@
+"""Search a split with a trained model: an index of every sample's distributions, built once and persisted, then the
+top k items of a query by the model's similarity, with their scores and uncertainties.
+
+An index folder holds `search_index.json` (what it was built from: the model's sha256, the split and its shard
+contents; sample ids and texts) and `embeddings.pt` (each modality's distribution tensors). It is written whole into
+a staging folder and renamed into place (`io.atomic_dir`), and it is rebuilt only when the model or the data changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.inference import TrainedModel
+from multigeometry.models.pair_model import Distribution
+
+log = logging.getLogger(__name__)
+
+INDEX_JSON = "search_index.json"
+TENSORS = "embeddings.pt"
+INDEX_FORMAT = 1
+
+
+def dist_to_tensors(dist: Distribution) -> dict[str, Any]:
+    kind = "cone" if isinstance(dist, ConeParams) else "mixture"
+    fields = {f.name: getattr(dist, f.name) for f in dataclasses.fields(dist)}
+    return {"kind": kind, **{k: (None if v is None else v.detach().cpu()) for k, v in fields.items()}}
+
+
+def dist_from_tensors(data: dict[str, Any]) -> Distribution:
+    if data["kind"] == "cone":
+        return ConeParams(data["direction"], data["theta"])
+    return MixtureParams(data["logits"], data["mu"], data.get("logvar"))
+
+
+def index_key(model_sha256: str, shards_root: Path, split: str) -> dict[str, str]:
+    """What an index depends on: the model, the split, and the split's shard contents (their sha256s)."""
+    from multigeometry.data.datasets import read_index
+
+    shards = read_index(shards_root)
+    entry = shards.get("splits", {}).get(split)
+    if entry is None:
+        raise ValueError(f"{shards_root}/index.json: no split {split!r}; has {sorted(shards.get('splits', {}))}")
+    data = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+    return {"format": str(INDEX_FORMAT), "model_sha256": model_sha256, "split": split, "data_hash": data}
+
+
+@dataclass
+class SearchIndex:
+    key: dict[str, str]
+    sample_ids: list[str]
+    texts: dict[str, list[str]]  # the split's raw text and code by row ("" where absent)
+    rows: dict[str, torch.Tensor]  # modality -> the split rows that carry it
+    dists: dict[str, Distribution]  # modality -> their distributions, in `rows` order
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.dists)
+
+
+def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path, key: dict[str, str],
+                batch_size: int = 256) -> SearchIndex:
+    from multigeometry.evaluation.embed import embed_split
+    from multigeometry.io import atomic_dir
+
+    emb = embed_split(trained, shards_root, split, batch_size)
+    index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists)
+    with atomic_dir(out) as staging:
+        torch.save({m: {"rows": index.rows[m], **dist_to_tensors(index.dists[m])} for m in index.dists},
+                   staging / TENSORS)
+        meta = {"key": key, "sample_ids": index.sample_ids, "texts": index.texts}
+        (staging / INDEX_JSON).write_text(json.dumps(meta, sort_keys=True))
+    log.info("search index of %s (%d samples) written to %s", split, len(index.sample_ids), out)
+    return index
+
+
+def read_index_dir(folder: Path) -> SearchIndex:
+    meta = json.loads((folder / INDEX_JSON).read_text())
+    tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
+    return SearchIndex(
+        key=meta["key"],
+        sample_ids=meta["sample_ids"],
+        texts=meta["texts"],
+        rows={m: t["rows"] for m, t in tensors.items()},
+        dists={m: dist_from_tensors(t) for m, t in tensors.items()},
+    )
+
+
+def load_or_build(trained: TrainedModel, model_sha256: str, shards_root: Path, split: str, folder: Path,
+                  batch_size: int = 256) -> tuple[SearchIndex, bool]:
+    """The index in `folder` when it was built from this model and data, else a new one: (index, built now)."""
+    folder = Path(folder)
+    key = index_key(model_sha256, shards_root, split)
+    if (folder / INDEX_JSON).is_file() and (folder / TENSORS).is_file():
+        try:
+            found = json.loads((folder / INDEX_JSON).read_text()).get("key")
+        except json.JSONDecodeError:
+            found = None
+        if found == key:
+            return read_index_dir(folder), False
+        log.info("%s was built from another model or data (%s); rebuilding it", folder, found)
+    elif folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: exists and is not a search index; choose an empty or new folder")
+    return build_index(trained, shards_root, split, folder, key, batch_size), True
+
+
+def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: int, targets: list[str] | None = None,
+           block_size: int = 1024) -> list[dict[str, Any]]:
+    """The top `k` items of each target modality (default: every modality of the index) for ONE query: rows of
+    rank, modality, sample_id, score (the model's similarity), uncertainty (the item's) and the sample's text."""
+    from multigeometry.evaluation.retrieval import blockwise_topk
+    from multigeometry.evaluation.uncertainty import query_uncertainty
+
+    if query.batch_size != 1:
+        raise ValueError(f"search: one query at a time, got {query.batch_size}")
+    targets = targets or index.modalities
+    unknown = [t for t in targets if t not in index.dists]
+    if unknown:
+        raise ValueError(f"search: the index has no {unknown}; it holds {', '.join(index.modalities)}")
+    device = next(trained.model.parameters()).device
+    measure = trained.params.eval.mixture_uncertainty
+    results: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for m in targets:
+            items = index.dists[m].map(lambda t: t.to(device))
+            scores, top = blockwise_topk(query.map(lambda t: t.to(device)), items, trained.similarity, k, block_size)
+            uncertainty = query_uncertainty(items, measure)
+            for rank, (score, i) in enumerate(zip(scores[0].tolist(), top[0].tolist(), strict=True), start=1):
+                row = int(index.rows[m][i])
+                results.append({
+                    "modality": m,
+                    "rank": rank,
+                    "sample_id": index.sample_ids[row],
+                    "score": float(score),
+                    "uncertainty": float(uncertainty[i]) if uncertainty is not None else float("nan"),
+                    "text": index.texts.get("text", [""] * len(index.sample_ids))[row] if "text" in index.texts
+                    else "",
+                })
+    return results
