@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 GEOMETRIES: dict[str, list[str]] = {
     "point": ["model.geometry=point", "model.n_components=1", "loss.similarity=point"],
@@ -26,16 +28,20 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+# dvc, and the multigeometry and torchrun commands its stages run, live beside this interpreter (the project's venv)
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run_experiment(name: str, overrides: list[str]) -> None:
     cmd = ["dvc", "exp", "run", "--temp", "--name", name, "-S", "registry.min_metric=2.0"]
     for o in overrides:
         cmd += ["-S", o]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=ENV)
 
 
 def experiment_metrics() -> dict[str, dict[str, float]]:
-    out = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True, env=ENV).stdout
     found: dict[str, dict[str, float]] = {}
     for commit in json.loads(out):
         for exp in commit.get("experiments") or []:
