@@ -1,9 +1,12 @@
 """Point, mixture and cone geometries on the same data and budget: one `dvc exp run` each, then a table of their
 evaluate metrics (Markdown, for BENCHMARKS.md).
 
-Each experiment runs in a temporary copy (`--temp`, the workspace stays as it is) and shares the data stages through
-the DVC cache, so only train, evaluate and register run per geometry; the
-registry's min_metric is raised out of reach so that the comparison registers nothing.
+Each experiment runs in the workspace under its own `train.run_name` (`cmp-<geometry>`), so the data stages are shared
+and only train, evaluate and register run per geometry, and its metrics are read from `data/eval/cmp-<geometry>/`
+as soon as it ends; the registry's min_metric is raised out of reach so that the comparison registers nothing. The
+experiments stay available as `dvc exp show` rows; at the end params.yaml and dvc.lock get their bytes back and `dvc checkout`
+puts the workspace back as it was. (`--temp` runs keep their outputs in the DVC cache only, where `dvc exp show`
+did not find the evaluate stage's metrics.)
 
 Usage: python benchmarks/compare_geometries.py [--set key=value ...] [--name-prefix cmp]
 """
@@ -25,6 +28,7 @@ GEOMETRIES: dict[str, list[str]] = {
 COLUMNS = [
     "image_to_text/R@1", "text_to_image/R@1", "audio_to_text/R@1", "text_to_audio/R@1", "code_to_text/R@1",
     "text_to_code/R@1", "mean_R@1", "mean_uncertainty_spearman", "hierarchy/containment_AUC", "hierarchy/level1/R@1",
+    "composition/R@1", "composition/caption_R@1",
 ]  # fmt: skip
 
 
@@ -32,26 +36,20 @@ COLUMNS = [
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def run_experiment(name: str, overrides: list[str]) -> None:
-    cmd = ["dvc", "exp", "run", "--temp", "--name", name, "-S", "registry.min_metric=2.0"]
+def run_experiment(geometry: str, name: str, overrides: list[str]) -> dict[str, float]:
+    run_name = f"cmp-{geometry}"
+    cmd = ["dvc", "exp", "run", "--name", name, "-S", "registry.min_metric=2.0", "-S", f"train.run_name={run_name}"]
     for o in overrides:
         cmd += ["-S", o]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, env=ENV)
+    return json.loads((Path("data/eval") / run_name / "metrics.json").read_text())
 
 
-def experiment_metrics() -> dict[str, dict[str, float]]:
-    out = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True, env=ENV).stdout
-    found: dict[str, dict[str, float]] = {}
-    for commit in json.loads(out):
-        for exp in commit.get("experiments") or []:
-            for revision in exp.get("revs", []):
-                name = revision.get("name")
-                metrics = (revision.get("data") or {}).get("metrics") or {}
-                for path, values in metrics.items():
-                    if path.endswith("metrics.json") and "/eval/" in path:
-                        found[name] = values.get("data", {})
-    return found
+def restore_workspace(saved: dict[Path, bytes]) -> None:
+    for path, data in saved.items():
+        path.write_bytes(data)
+    subprocess.run(["dvc", "checkout", "--quiet"], check=False, env=ENV)
 
 
 def main() -> None:
@@ -59,14 +57,16 @@ def main() -> None:
     parser.add_argument("--set", "-S", dest="overrides", action="append", default=[], help="extra params, all runs")
     parser.add_argument("--name-prefix", default="cmp")
     args = parser.parse_args()
-    names = {g: f"{args.name_prefix}-{g}" for g in GEOMETRIES}
-    for geometry, extra in GEOMETRIES.items():
-        run_experiment(names[geometry], extra + args.overrides)
-    metrics = experiment_metrics()
+    metrics: dict[str, dict[str, float]] = {}
+    saved = {p: p.read_bytes() for p in (Path("params.yaml"), Path("dvc.lock"))}  # as they were, edits included
+    try:
+        for geometry, extra in GEOMETRIES.items():
+            metrics[geometry] = run_experiment(geometry, f"{args.name_prefix}-{geometry}", extra + args.overrides)
+    finally:
+        restore_workspace(saved)
     print("| geometry | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
-    for geometry, name in names.items():
-        row = metrics.get(name, {})
+    for geometry, row in metrics.items():
         cells = [f"{row[c]:.3f}" if isinstance(row.get(c), (int, float)) else "–" for c in COLUMNS]
         print(f"| {geometry} | " + " | ".join(cells) + " |")
 

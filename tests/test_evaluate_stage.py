@@ -33,6 +33,9 @@ def test_evaluate_writes_metrics_plots_and_grids(tiny_trained):
     assert metrics["mean_R@1"] >= 2.0 / n_test  # twice chance after a few steps on 24 training items
     assert {"hierarchy/level0/R@1", "hierarchy/image/level1/R@1", "mean_uncertainty_spearman"} <= set(metrics)
     assert "hierarchy/image/containment_AUC" in metrics  # mixtures have a containment score of their own
+    for m in ("image", "audio", "text"):  # compose(parts) -> items beside the compound's own caption
+        assert 0.0 <= metrics[f"composition/{m}/R@1"] <= 1.0 and 0.0 <= metrics[f"composition/{m}/caption_R@1"] <= 1.0
+    assert metrics["composition/n_compounds"] >= 2
     with (out / RECALL_PLOT).open() as f:
         rows = list(csv.DictReader(f))
     assert {r["direction"] for r in rows} == set(DIRECTIONS) and len(rows) == 4 * params.eval.curve_max_k
@@ -51,3 +54,4 @@ def test_cone_model_gets_containment_and_level_metrics(tiny_trained):
     metrics = json.loads((evaluate(cone, root) / METRICS_FILE).read_text())
     assert 0.0 <= metrics["hierarchy/containment_AUC"] <= 1.0
     assert "image_to_text/uncertainty_spearman" in metrics  # the aperture is the cone's uncertainty
+    assert 0.0 <= metrics["composition/R@1"] <= 1.0  # the composer speaks cones too

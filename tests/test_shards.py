@@ -202,7 +202,8 @@ def test_pretrained_features_are_stored_and_reproducible(validated_world):
     assert index["features"]["image.emb"]["dim"] == 1280
     assert index["features"]["text.emb"]["dim"] == index["features"]["audio.emb"]["dim"] == 384
     # the hierarchy's descriptions are embedded by the text model too, one (levels, 384) array per sample
-    assert set(index["normalization"]) == {"audio.feat", "image.emb", "text.emb", "audio.emb", "hierarchy.emb"}
+    assert set(index["normalization"]) == {
+        "audio.feat", "image.emb", "text.emb", "audio.emb", "hierarchy.emb", "parts.emb"}
     with tarfile.open(sorted((out / "train").glob("*.tar"))[0]) as tar:
         names = {m.name.split(".", 1)[1] for m in tar.getmembers()}
     assert {"image.emb.npy", "text.emb.npy", "audio.emb.npy", "hierarchy.emb.npy"} <= names

@@ -261,6 +261,16 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class ComposerConfig:
+    """The compositional layer: a permutation-invariant network that maps the distributions of a compound's parts
+    ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
+
+    enabled: bool = True
+    hidden_dim: int = bounded(256, min=4)
+    layers: int = bounded(2, min=1, max=8)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     geometry: Literal["mixture", "cone", "point"] = "mixture"
     embed_dim: int = bounded(128, min=2)
@@ -273,6 +283,7 @@ class ModelConfig:
     logvar_max: float = -3.0
     theta_min: float = bounded(0.05, min=0.0, max=3.14159)
     theta_max: float = bounded(1.2, min=0.0, max=3.14159)
+    composer: ComposerConfig = field(default_factory=ComposerConfig)
 
     def __post_init__(self) -> None:
         if self.logvar_min >= self.logvar_max:
@@ -296,6 +307,7 @@ class LossConfig:
     sinkhorn_reg: float = bounded(0.1, min=1e-6)
     sinkhorn_iters: int = bounded(50, min=1)
     entailment_weight: float = bounded(0.2, min=0.0)
+    composition_weight: float = bounded(0.5, min=0.0)  # InfoNCE of compose(parts) against the compound's caption
     gather_with_grad: bool = True
     local_loss: bool = False
 
@@ -342,6 +354,7 @@ class EvalConfig:
     mixture_uncertainty: Literal["total_variance", "weight_entropy"] = "total_variance"
     uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
     hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
+    composition: bool = True  # R@1 of compose(parts) -> items beside the compound's caption, where rows have parts
     grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)
     grid_k: int = bounded(5, min=1, max=20)
 

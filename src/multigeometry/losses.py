@@ -6,7 +6,9 @@ The terms, each returned separately (unweighted) for logging, and their weights 
   sharpens the weights, negative spreads them over the components);
 - `kl`: PCME's VIB, the mean KL of the components to N(0, I), weight `kl_weight`;
 - `sinkhorn`: entropic OT between the components of each positive pair (POT), weight `sinkhorn_weight`;
-- `entailment`: cone containment general ⊇ specific ⊇ item, weight `entailment_weight`.
+- `entailment`: cone containment general ⊇ specific ⊇ item, weight `entailment_weight`;
+- `composition` (`MainCriterion.composition`, called by the objective): symmetric InfoNCE between compose(parts) and
+  the compound's own caption, weight `composition_weight`.
 """
 
 from __future__ import annotations
@@ -388,6 +390,13 @@ class MainCriterion(nn.Module):
         terms["logit_scale"] = self.logit_scale().detach()
         terms["loss"] = weighted
         return terms
+
+    def composition(self, composed: Distribution, compound: Distribution, meaning: Tensor) -> Tensor:
+        """Symmetric InfoNCE of the composed distributions against their compounds' caption distributions, both
+        (N,), local to the rank. `meaning` (N,) keys the compounds' concept sets: two rows that compose the same
+        concept ("a red circle" twice) are not each other's negatives."""
+        sim = self.similarity(composed, compound)
+        return info_nce(sim, self.logit_scale(), None, meaning, meaning, self.cfg.label_smoothing, True)
 
     def _contrastive(self, a: Distribution, b: Distribution, group_ids: Tensor | None) -> Tensor:
         cfg = self.cfg

@@ -53,27 +53,51 @@ class Collator:
         )
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def _hierarchy(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
-        """Every row's more general descriptions, flattened: `hierarchy_owner[m]` is the row, `hierarchy_parent[m]`
-        the index of the next more general description of that row (−1 for the most general)."""
+    def _text_lists(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any], column: str) -> list[int]:
+        """Every row's texts of `column` ("hierarchy" or "parts"), flattened: `<column>_owner[m]` is the row of entry
+        m, `<column>_raw` the texts, `<column>.emb` their shard features and `<column>_text` their tokens. Returns
+        each row's first entry."""
         import torch
 
-        owners, parents, texts, features = [], [], [], []
+        owners, texts, features, starts = [], [], [], []
         for i, e in enumerate(examples):
-            start = len(owners)
-            for j, description in enumerate(e["hierarchy"]):
-                owners.append(i)
-                parents.append(start + j - 1 if j > 0 else -1)
-                texts.append(description)
-            if "hierarchy.emb" in e:
-                features.append(e["hierarchy.emb"])
-        batch["hierarchy_owner"] = torch.tensor(owners, dtype=torch.long)
-        batch["hierarchy_parent"] = torch.tensor(parents, dtype=torch.long)
-        batch["hierarchy_raw"] = texts
+            starts.append(len(owners))
+            owners.extend([i] * len(e.get(column, ())))
+            texts.extend(e.get(column, ()))
+            if f"{column}.emb" in e:
+                features.append(e[f"{column}.emb"])
+        batch[f"{column}_owner"] = torch.tensor(owners, dtype=torch.long)
+        batch[f"{column}_raw"] = texts
         if features and sum(f.shape[0] for f in features) == len(texts):
-            batch["hierarchy.emb"] = torch.cat(features)
+            batch[f"{column}.emb"] = torch.cat(features)
         if texts and self.loader.tokenizer:
-            batch["hierarchy_text"] = self._tokenize(texts)
+            batch[f"{column}_text"] = self._tokenize(texts)
+        return starts
+
+    def _hierarchy(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
+        """The more general descriptions (`hierarchy_*`), with `hierarchy_parent[m]` the index of the next more
+        general description of the same row (−1 for the most general); the compounds' parts (`parts_*`), with
+        `compound_index[i]` the hierarchy entry that row i's parts compose (−1: none) and `compound_group[i]` a key
+        of its concept set, equal for rows whose compounds mean the same."""
+        import torch
+
+        starts = self._text_lists(examples, batch, "hierarchy")
+        batch["hierarchy_parent"] = torch.tensor(
+            [start + j - 1 if j > 0 else -1 for e, start in zip(examples, starts, strict=True)
+             for j in range(len(e["hierarchy"]))],
+            dtype=torch.long,
+        )
+        self._text_lists(examples, batch, "parts")
+        compound, groups = [], []
+        for e, start in zip(examples, starts, strict=True):
+            level = int(e.get("compound_level", -1))
+            ok = bool(e.get("parts")) and 0 <= level < len(e["hierarchy"])
+            compound.append(start + level if ok else -1)
+            concepts = e.get("hierarchy_concepts", [])
+            meaning = sorted(concepts[level]) if ok and level < len(concepts) else [e["hierarchy"][level] if ok else ""]
+            groups.append(group_key("\x1f".join(meaning)))
+        batch["compound_index"] = torch.tensor(compound, dtype=torch.long)
+        batch["compound_group"] = torch.tensor(groups, dtype=torch.long)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch

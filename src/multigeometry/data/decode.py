@@ -69,6 +69,8 @@ def to_example(
         "hierarchy": meta.get("hierarchy", []),
         "concepts": meta.get("concepts", []),
         "hierarchy_concepts": meta.get("hierarchy_concepts", []),
+        "parts": meta.get("parts", []),
+        "compound_level": meta.get("compound_level", -1),
     }
     if "image" in decoded:
         image = decoded["image"]

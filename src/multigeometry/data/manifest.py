@@ -7,6 +7,9 @@ Columns:
 - `concepts`: the concept set of the row's own description; `hierarchy_concepts`: one concept set per hierarchy
   level. "A is more general than B" is `concepts(A) ⊆ concepts(B)`, for any source: sources that know no concepts
   get them derived from the hierarchy by `derive_concepts`.
+- `parts` and `compound_level`: short phrases whose composition is the row's hierarchy description at
+  `compound_level` ("red", "a circle" -> "a red circle"), for training and measuring the compositional layer; empty
+  and −1 where the source knows no composition.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worke
     import pandas as pd
 
 MANIFEST = "manifest.parquet"
-COLUMNS = ("sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts")
+COLUMNS = (
+    "sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts", "parts",
+    "compound_level",
+)
+LIST_COLUMNS = ("hierarchy", "concepts", "hierarchy_concepts", "parts")
 
 
 @dataclass
@@ -38,6 +45,15 @@ class ManifestRow:
     hierarchy: list[str] = field(default_factory=list)
     concepts: list[str] = field(default_factory=list)
     hierarchy_concepts: list[list[str]] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    compound_level: int = -1
+
+    def __post_init__(self) -> None:
+        if self.parts and not 0 <= self.compound_level < len(self.hierarchy):
+            raise ValueError(
+                f"sample {self.sample_id!r}: compound_level {self.compound_level} names no level of its hierarchy "
+                f"({len(self.hierarchy)} levels) although it has parts {self.parts}"
+            )
 
 
 def derive_concepts(row: ManifestRow) -> None:
@@ -85,7 +101,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(COLUMNS)}")
-    for column in ("hierarchy", "concepts", "hierarchy_concepts"):
+    for column in LIST_COLUMNS:
         frame[column] = frame[column].map(_as_list)
     return frame
 

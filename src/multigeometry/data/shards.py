@@ -155,6 +155,8 @@ def meta_of(row: dict) -> dict[str, Any]:
         "hierarchy": list(row.get("hierarchy") or []),
         "concepts": list(row.get("concepts") or []),
         "hierarchy_concepts": [list(c) for c in (row.get("hierarchy_concepts") or [])],
+        "parts": list(row.get("parts") or []),
+        "compound_level": int(row.get("compound_level", -1)),
     }
 
 
@@ -239,18 +241,29 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
         for i, vector in zip(owners, features, strict=True):
             samples[i][f"{modality}.emb.npy"] = npy_bytes(np.asarray(vector, dtype=np.float32))
 
-    # the hierarchy's descriptions are text too: with text features, each row also stores theirs (L, D), so that the
-    # entailment term and the hierarchy metrics can embed them without the text model
-    descriptions = [list(row.get("hierarchy") or []) for row in rows]
-    if "text" in models.modalities and any(descriptions):
-        with one_torch_thread():
-            flat = models.get("text").encode([d for ds in descriptions for d in ds])
-        start = 0
-        for sample, ds in zip(samples, descriptions, strict=True):
-            if ds:
-                sample["hierarchy.emb.npy"] = npy_bytes(np.asarray(flat[start : start + len(ds)], dtype=np.float32))
-            start += len(ds)
+    # the hierarchy's descriptions and the compound's parts are text too: with text features, each row also stores
+    # theirs ((L, D) and (P, D)), so that the entailment and composition terms and their metrics can embed them
+    # without the text model
+    if "text" in models.modalities:
+        for column in TEXT_LIST_COLUMNS:
+            _text_list_features(samples, rows, column, models)
     return samples
+
+
+TEXT_LIST_COLUMNS = ("hierarchy", "parts")
+
+
+def _text_list_features(samples: list[dict[str, Any]], rows: Sequence[dict], column: str, models: FeatureModels) -> None:
+    lists = [list(row.get(column) or []) for row in rows]
+    if not any(lists):
+        return
+    with one_torch_thread():
+        flat = models.get("text").encode([t for ts in lists for t in ts])
+    start = 0
+    for sample, ts in zip(samples, lists, strict=True):
+        if ts:
+            sample[f"{column}.emb.npy"] = npy_bytes(np.asarray(flat[start : start + len(ts)], dtype=np.float32))
+        start += len(ts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from multigeometry.data.collate import Collator
+from multigeometry.evaluation.retrieval import device_of
 from multigeometry.inference import TrainedModel
 from multigeometry.models.pair_model import Distribution
 from multigeometry.training.objective import concat, select_rows
@@ -41,6 +42,19 @@ class Descriptions:
 
 
 @dataclass
+class Compositions:
+    """The split's compounds: for each row whose parts compose one of its descriptions, compose(parts) through the
+    model's composer, the distribution of the compound's own caption, the caption, the parts and the compound's
+    atoms (its concept set, or the caption itself where the split has no concepts)."""
+
+    composed: Distribution
+    captions: Distribution
+    texts: list[str]
+    parts: list[list[str]]
+    atoms: list[list[str]]
+
+
+@dataclass
 class SplitEmbeddings:
     """Rows are the split's samples in reading order. `rows[m]` lists the rows that carry modality m, and `dists[m]`
     holds their distributions in that order."""
@@ -54,6 +68,7 @@ class SplitEmbeddings:
     dists: dict[str, Distribution] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)  # raw text and code of every row ("" where absent)
     descriptions: Descriptions | None = None
+    compositions: Compositions | None = None
 
     def groups(self, modality: str) -> Tensor:
         return self.group_ids[self.rows[modality]]
@@ -68,6 +83,7 @@ class _EvalCollate:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
         batch["hierarchy_concepts"] = [e.get("hierarchy_concepts", []) for e in examples]
+        batch["parts_list"] = [e.get("parts", []) for e in examples]
         return batch
 
 
@@ -109,6 +125,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
     desc_levels: list[set[int]] = []
     desc_atoms: list[list[str]] = []
     desc_parts: list[Distribution] = []
+    compounds = _CompoundCollector()
     use_concepts = True
     progress = tqdm(total=total, desc=f"embed {split}", unit="sample", disable=None)
     for batch in loader:
@@ -136,6 +153,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
         general = trained.model.encode_hierarchy(on_device)
         if general is not None:
             _collect_descriptions(batch, general, desc_index, desc_levels, desc_atoms, desc_parts)
+            compounds.add(trained, batch, on_device, general)
         progress.update(n)
     progress.close()
     if not sample_ids:
@@ -160,6 +178,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
             atoms=desc_atoms if use_concepts else [[t] for t in texts_in_order],
             dists=concat(desc_parts),
         )
+    out.compositions = compounds.result(use_concepts)
     log.info(
         "embedded %d samples of %s (%s), %d distinct descriptions",
         len(sample_ids), split, ", ".join(f"{m}: {len(r)}" for m, r in out.rows.items()),
@@ -191,8 +210,44 @@ def _collect_descriptions(
             new.append(m)
         levels[index[text]].add(level)
     if new:
-        parts.append(select_rows(general, torch.tensor(new, device=_device(general))))
+        parts.append(select_rows(general, torch.tensor(new, device=device_of(general))))
 
 
-def _device(dist: Distribution) -> torch.device:
-    return dist.direction.device if hasattr(dist, "direction") else dist.mu.device  # type: ignore[union-attr]
+class _CompoundCollector:
+    def __init__(self) -> None:
+        self.composed: list[Distribution] = []
+        self.captions: list[Distribution] = []
+        self.texts: list[str] = []
+        self.parts: list[list[str]] = []
+        self.concepts: list[list[str]] = []
+
+    def add(
+        self, trained: TrainedModel, batch: dict[str, Any], on_device: dict[str, Any], general: Distribution
+    ) -> None:
+        composed = trained.model.compose(on_device)
+        if composed is None:
+            return
+        dist, rows = composed
+        index = on_device["compound_index"][rows]
+        self.composed.append(dist)
+        self.captions.append(select_rows(general, index))
+        for row, entry in zip(rows.tolist(), index.tolist(), strict=True):
+            text = batch["hierarchy_raw"][entry]
+            level = batch["hierarchy"][row].index(text)
+            concepts = batch["hierarchy_concepts"][row]
+            self.texts.append(text)
+            self.parts.append(list(batch["parts_list"][row]))
+            self.concepts.append(list(concepts[level]) if level < len(concepts) else [])
+
+    def result(self, use_concepts: bool) -> Compositions | None:
+        if not self.composed:
+            return None
+        by_concepts = use_concepts and all(self.concepts)
+        return Compositions(
+            composed=concat(self.composed),
+            captions=concat(self.captions),
+            texts=self.texts,
+            parts=self.parts,
+            atoms=self.concepts if by_concepts else [[t] for t in self.texts],
+        )
+

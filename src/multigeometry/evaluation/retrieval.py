@@ -111,7 +111,7 @@ def rank_by_groups(
             f"group ids {tuple(query_groups.shape)} / {tuple(item_groups.shape)} do not match {n_q} queries / "
             f"{n_i} items"
         )
-    device = _device_of(items)
+    device = device_of(items)
     qg, ig = query_groups.to(device), item_groups.to(device)
     return rank_blocks(
         lambda i0, i1: similarity(slice_rows(queries, i0, i1), items),
@@ -168,5 +168,5 @@ def blockwise_topk(
     return torch.cat(values), torch.cat(indices)
 
 
-def _device_of(dist: Distribution) -> torch.device:
+def device_of(dist: Distribution) -> torch.device:
     return dist.direction.device if isinstance(dist, ConeParams) else dist.mu.device

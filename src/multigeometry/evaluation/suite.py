@@ -1,6 +1,6 @@
 """The whole evaluation of a trained model on one split: retrieval for every configured pair in both directions,
-uncertainty against error, and hierarchy (containment AUC, level-wise R@1). Returns flat metrics plus the curves
-and top-k lists that the report turns into plot data and image grids."""
+uncertainty against error, hierarchy (containment AUC, level-wise R@1) and composition (compose(parts) -> items).
+Returns flat metrics plus the curves and top-k lists that the report turns into plot data and image grids."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from multigeometry.config import EvalConfig
+from multigeometry.evaluation.composition import composition_metrics
 from multigeometry.evaluation.embed import SplitEmbeddings, embed_split
 from multigeometry.evaluation.hierarchy import (
     atom_matrix,
@@ -23,6 +24,7 @@ from multigeometry.evaluation.hierarchy import (
 )
 from multigeometry.evaluation.retrieval import (
     blockwise_topk,
+    device_of,
     rank_blocks,
     rank_by_groups,
     recall_curve,
@@ -114,8 +116,8 @@ def evaluate_split(
         result.metrics["mean_uncertainty_spearman"] = sum(rhos) / len(rhos)
     if cfg.hierarchy and emb.descriptions is not None:
         result.metrics.update(hierarchy_metrics(trained, emb, cfg))
-    # Composition (compose(parts) -> items, beside the compound's own caption) is measured by
-    # multigeometry.evaluation.composition on the same embeddings, and its metrics join result.metrics here.
+    if cfg.composition:
+        result.metrics.update(composition_metrics(emb, trained.similarity, cfg.block_size))
     return result
 
 
@@ -138,7 +140,7 @@ def hierarchy_metrics(trained: TrainedModel, emb: SplitEmbeddings, cfg: EvalConf
     row_atoms = atom_matrix(emb.atoms, vocabulary)
     width = len(vocabulary)
     desc_atoms, row_atoms = pad_columns(desc_atoms, width), pad_columns(row_atoms, width)
-    device = _device_of(desc.dists)
+    device = device_of(desc.dists)
     out: dict[str, float] = {}
     aucs: list[float] = []
     level_r1: dict[int, list[float]] = {}
@@ -190,6 +192,3 @@ def _top_k(trained: TrainedModel, emb: SplitEmbeddings, q: str, i: str, cfg: Eva
     correct = [[bool(groups[r] == groups[qr]) for r in rows] for qr, rows in zip(q_rows, item_rows, strict=True)]
     return TopK(q, i, q_rows, item_rows, correct)
 
-
-def _device_of(dist: object) -> torch.device:
-    return dist.direction.device if hasattr(dist, "direction") else dist.mu.device  # type: ignore[attr-defined]

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig, Params
 from multigeometry.geometry.cone import ConeParams
 from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.models.composition import Composer
 from multigeometry.models.encoders import build_encoder
 from multigeometry.models.heads import make_head
 
@@ -45,6 +47,8 @@ class PairModel(nn.Module):
             }
         )
         self.heads = nn.ModuleDict({m: make_head(self.encoders[m].out_dim, cfg) for m in self.modalities})
+        # parts are phrases, embedded by the text encoder: composition needs text
+        self.composer = Composer(cfg) if cfg.composer.enabled and "text" in self.modalities else None
 
     @classmethod
     def from_index(cls, params: Params, index: dict[str, Any], vocab_size: int | None = None) -> PairModel:
@@ -68,14 +72,37 @@ class PairModel(nn.Module):
         wanted = self.modalities if modalities is None else modalities
         return {m: self.encode(batch, m) for m in wanted}
 
-    def encode_hierarchy(self, batch: dict[str, Any]) -> Distribution | None:
-        """The distributions of the batch's more general descriptions, through the text encoder."""
-        if "text" not in self.encoders or not len(batch.get("hierarchy_owner", ())):
+    def encode_texts(self, batch: dict[str, Any], column: str) -> Distribution | None:
+        """The distributions of the batch's flattened `column` texts ("hierarchy": the more general descriptions,
+        "parts": the compounds' parts) through the text encoder, from their shard features or their tokens."""
+        if "text" not in self.encoders or not len(batch.get(f"{column}_owner", ())):
             return None
-        if "hierarchy.emb" in batch:
-            sub = {"text.emb": batch["hierarchy.emb"]}
-        elif "hierarchy_text" in batch:
-            sub = {"text": batch["hierarchy_text"]}
+        if f"{column}.emb" in batch:
+            sub = {"text.emb": batch[f"{column}.emb"]}
+        elif f"{column}_text" in batch:
+            sub = {"text": batch[f"{column}_text"]}
         else:
             return None
         return self.encode(sub, "text")
+
+    def encode_hierarchy(self, batch: dict[str, Any]) -> Distribution | None:
+        return self.encode_texts(batch, "hierarchy")
+
+    def compose(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor] | None:
+        """compose(parts) for every row of the batch whose parts compose a description of its hierarchy: the
+        composed distributions and those rows (indices into the batch). None without a composer or parts."""
+        if self.composer is None:
+            return None
+        rows = torch.nonzero(batch["compound_index"] >= 0).squeeze(1) if "compound_index" in batch else None
+        if rows is None or rows.numel() == 0:
+            return None
+        parts = self.encode_texts(batch, "parts")
+        if parts is None:
+            return None
+        device = batch["compound_index"].device
+        slot = torch.full((len(batch["compound_index"]),), -1, dtype=torch.long, device=device)
+        slot[rows] = torch.arange(rows.numel(), device=device)
+        owner = slot[batch["parts_owner"].to(device)]
+        keep = owner >= 0
+        parts = parts.map(lambda t: t[keep.to(t.device)])
+        return self.composer(parts, owner[keep], rows.numel()), rows

@@ -1,5 +1,6 @@
 """The training objective over a batch of several pairings: each configured pair (a, b, weight) scored by
-MainCriterion on the rows that carry both modalities, plus the cone entailment term where text has a hierarchy.
+MainCriterion on the rows that carry both modalities, plus the cone entailment term where text has a hierarchy and
+the composition term where rows carry the parts of a compound description.
 
 `TrainModule` bundles the model and the criterion (the learnable temperature) so that DDP wraps, syncs and averages
 both; its forward computes the whole loss, so every used parameter is reached through DDP's forward.
@@ -78,7 +79,30 @@ class TrainModule(nn.Module):
             general = self.model.encode_hierarchy(batch)
         batches = [batch] if cached is None else cached_batches
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
-        return self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0)
+        terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0)
+        weight = self.criterion.cfg.composition_weight
+        if weight > 0:
+            composition = self._composition(batch, general)
+            if composition is not None:
+                # local to this micro-batch: each pass adds its share, so the passes sum to the batch mean
+                share = 1 if cached is None else len(cached)
+                terms["composition"] = composition.detach()
+                terms["loss"] = terms["loss"] + weight * composition / share
+        return terms
+
+    def _composition(self, batch: dict[str, Any], general: Distribution | None) -> Tensor | None:
+        """The composition term: compose(parts) of the rows with parts against their compound descriptions."""
+        composed = self.model.compose(batch)
+        if composed is None:
+            return None
+        dist, rows = composed
+        if rows.numel() < 2:
+            return None
+        general = general if general is not None else self.model.encode_hierarchy(batch)
+        if general is None:
+            return None
+        compound = select_rows(general, batch["compound_index"][rows])
+        return self.criterion.composition(dist, compound, batch["compound_group"][rows])
 
     @staticmethod
     def _modalities(batch: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from multigeometry.config import WorldConfig
 from multigeometry.data.manifest import ManifestRow
 from multigeometry.data.world.program import program
 from multigeometry.data.world.render import place, render
-from multigeometry.data.world.scene import LEVELS, caption, level_concepts, sample_scene
+from multigeometry.data.world.scene import COMPOUND_LEVEL, LEVELS, caption, level_concepts, parts, sample_scene
 from multigeometry.data.world.speech import LANGUAGES, VOICE_VARIANTS, Voice, speak
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
     hierarchy = [caption(scene, level, rng) for level in range(LEVELS - 1)]
     hierarchy_concepts = [level_concepts(scene, level) for level in range(LEVELS - 1)]
     concepts = level_concepts(scene, LEVELS - 1)
+    # a stream of its own, so that adding parts changed none of the other media of an item
+    compound_parts = parts(scene, np.random.default_rng([seed, index, 1]))
 
     audio_path = None
     if cfg.audio:
@@ -78,6 +80,8 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
             hierarchy=list(hierarchy),
             concepts=list(concepts),
             hierarchy_concepts=[list(c) for c in hierarchy_concepts],
+            parts=list(compound_parts),
+            compound_level=COMPOUND_LEVEL,
         )
         for c, text in enumerate(captions)
     ]

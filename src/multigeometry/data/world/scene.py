@@ -143,6 +143,21 @@ def _choose(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+COMPOUND_LEVEL = 2  # "a red circle", "a red circle and a blue square": the description the parts compose
+
+
+def parts(scene: Scene, rng: np.random.Generator) -> list[str]:
+    """Phrases whose composition is the scene's description at COMPOUND_LEVEL: an attribute and a noun for one object
+    ("red", "a circle" -> "a red circle"), the objects' phrases for two ("a red circle", "a blue square" -> "a red
+    circle and a blue square"). Order carries no meaning, so the composer sees a set."""
+    if len(scene.objects) == 1:
+        obj = scene.objects[0]
+        colour = _choose(rng, (obj.color, f"something {obj.color}", f"{obj.color} coloured"))
+        shape = _choose(rng, (_a(obj.shape), obj.shape, f"{_a(obj.shape)} shape"))
+        return [colour, shape]
+    return [_noun_phrase(o, ("color", "shape"), rng) for o in scene.objects]
+
+
 def caption(scene: Scene, level: int, rng: np.random.Generator) -> str:
     """One paraphrase of the scene's caption at `level`; `rng` picks the template."""
     two = len(scene.objects) == 2
