@@ -76,3 +76,14 @@ def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     for stage in (prepare, validate, shard, train):
         stage(params, root)
     return params, root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """Prefect's test harness (a temporary API server and database) for the session, with task results cached in a
+    temporary folder."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}):
+        yield

@@ -393,6 +393,30 @@ class RegistryConfig:
             raise ParamsError("registry.gate_metric: empty; name a key of the evaluate stage's metrics.json")
 
 
+@dataclass(frozen=True)
+class OrchestrationConfig:
+    """The Prefect flow only (`pipelines/`): where shard creation fans out, how training is launched, retries. No DVC
+    stage reads these, so changing them never re-runs a stage."""
+
+    dask_address: str = ""  # "": a local Dask cluster per flow run; else an existing scheduler, e.g. tcp://host:8786
+    dask_workers: int = bounded(2, min=1, max=256)  # worker processes of the local cluster
+    shards_per_task: int = bounded(1, min=1)  # shards written by one Dask task
+    launcher: str = ""  # "": torchrun --standalone; else a command template with {nproc} and {args}
+    retries: int = bounded(3, min=0, max=20)  # prepare and register: attempts after the first failure
+    retry_delay_s: float = bounded(10.0, min=0.0)  # exponential backoff: delay_s, 2 x delay_s, 4 x delay_s, ...
+
+    def __post_init__(self) -> None:
+        if self.launcher:
+            try:
+                self.launcher.format(nproc=1, args="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ParamsError(f"orchestration.launcher: {self.launcher!r} is not a valid template ({e!r}); "
+                                  "allowed placeholders: {nproc}, {args}") from e
+            if "{args}" not in self.launcher:
+                raise ParamsError(f"orchestration.launcher: {self.launcher!r} must contain {{args}} (the module "
+                                  "and arguments to run, `-m multigeometry train --params ...`)")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the whole tree
 # ---------------------------------------------------------------------------------------------------------------------
@@ -413,6 +437,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from multigeometry.config import SPLITS, Params
@@ -12,6 +13,7 @@ from multigeometry.data.manifest import MANIFEST, read_manifest
 from multigeometry.data.shards import (
     FeatureModels,
     ShardPlan,
+    ShardResult,
     build_index,
     estimate_bytes,
     plan_shards,
@@ -23,6 +25,9 @@ from multigeometry.paths import raw_dir, shards_dir, validated_dir
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
+
+# writes every planned shard into a folder and returns the results in plan order: (plans, out_dir, raw_root, params)
+ShardWriter = Callable[[Sequence[ShardPlan], Path, Path, Params], list[ShardResult]]
 
 
 def plan(params: Params, root: Path = Path(".")) -> tuple[list[ShardPlan], FeatureModels]:
@@ -38,12 +43,13 @@ def plan(params: Params, root: Path = Path(".")) -> tuple[list[ShardPlan], Featu
     return plan_shards(rows_by_split, sizes, params.shard), models
 
 
-def shard(params: Params, root: Path = Path(".")) -> Path:
+def shard(params: Params, root: Path = Path("."), write_all: ShardWriter = write_shards_with_pool) -> Path:
+    """`write_all` writes the planned shards: a process pool by default; the Prefect flow passes its Dask fan-out."""
     started = time.perf_counter()
     plans, models = plan(params, root)
     out = shards_dir(params, root)
     with atomic_dir(out) as staging:
-        results = write_shards_with_pool(plans, staging, raw_dir(params, root), params)
+        results = write_all(plans, staging, raw_dir(params, root), params)
         index = build_index(results, models.specs(), params)
         write_json_atomic(staging / INDEX, index)
     counts = {s: v["samples"] for s, v in index["splits"].items()}
