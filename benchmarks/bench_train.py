@@ -6,7 +6,9 @@ and AdamW. The batches are read from the shards once and kept in memory, so the 
 loss's, not the loader's. The variants run interleaved (one round of steps each, repeated), so that a slower or
 faster moment of a shared machine does not favour one of them.
 
-- `configured`: params.yaml's model and loss (default: a K-component mixture with the CSD similarity);
+- `configured`: params.yaml's model and loss (default: a K-component mixture with the CSD similarity and the
+  compositional layer with its loss term);
+- `no-composer`: the same without the compositional layer (`model.composer.enabled: false`);
 - `point`: the same encoders, `model.geometry: point` through MainCriterion (InfoNCE over cosines, group-aware);
 - `clip`: the same encoders and point head, with OpenCLIP's plain ClipLoss in place of MainCriterion (normalised
   features, one matmul, cross-entropy both ways against the diagonal): the OpenCLIP-equivalent baseline.
@@ -63,7 +65,11 @@ class PlainClipLoss(nn.Module):
 def variant_params(params: Params, name: str) -> Params:
     if name == "configured":
         return params
-    model = replace(params.model, geometry="point", n_components=1)
+    if name == "no-composer":
+        return replace(params, model=replace(params.model, composer=replace(params.model.composer, enabled=False)))
+    # the point geometry keeps the configured composer; plain CLIP has none (it is the OpenCLIP baseline)
+    composer = replace(params.model.composer, enabled=params.model.composer.enabled and name == "point")
+    model = replace(params.model, geometry="point", n_components=1, composer=composer)
     return replace(params, model=model, loss=replace(params.loss, similarity="point"))
 
 
@@ -105,7 +111,7 @@ def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     vocab = len(tokenizer) if tokenizer is not None else None
     batches = read_batches(params, steps)
-    names = ["configured", "point", "clip"]
+    names = ["configured", "no-composer", "point", "clip"]
     built = {name: build(params, name, index, vocab) for name in names}
     for module, optimizer in built.values():  # one warm-up step each
         step(module, optimizer, batches[0], params.train.grad_clip, None)
@@ -177,6 +183,7 @@ def main() -> None:
         "similarity": params.loss.similarity,
         "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
         "configured_over_clip": round(rates["configured"] / rates["clip"], 3),
+        "no_composer_over_clip": round(rates["no-composer"] / rates["clip"], 3),
         "point_over_clip": round(rates["point"] / rates["clip"], 3),
     }
     if not args.no_ranks:

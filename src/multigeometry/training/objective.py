@@ -80,7 +80,7 @@ class TrainModule(nn.Module):
         batches = [batch] if cached is None else cached_batches
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
         terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0)
-        weight = self.criterion.cfg.composition_weight
+        weight = self.criterion.cfg.composition_weight if self.model.composer is not None else 0.0
         if weight > 0:
             composition = self._composition(batch, general)
             if composition is not None:
