@@ -266,8 +266,8 @@ class ComposerConfig:
     ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
 
     enabled: bool = True
-    hidden_dim: int = bounded(256, min=4)
-    layers: int = bounded(2, min=1, max=8)
+    hidden_dim: int = bounded(128, min=4)
+    layers: int = bounded(1, min=1, max=8)
 
 
 @dataclass(frozen=True)

@@ -72,15 +72,17 @@ class PairModel(nn.Module):
         wanted = self.modalities if modalities is None else modalities
         return {m: self.encode(batch, m) for m in wanted}
 
-    def encode_texts(self, batch: dict[str, Any], column: str) -> Distribution | None:
+    def encode_texts(self, batch: dict[str, Any], column: str, entries: Tensor | None = None) -> Distribution | None:
         """The distributions of the batch's flattened `column` texts ("hierarchy": the more general descriptions,
-        "parts": the compounds' parts) through the text encoder, from their shard features or their tokens."""
+        "parts": the compounds' parts), or of the `entries` among them, through the text encoder, from their shard
+        features or their tokens."""
         if "text" not in self.encoders or not len(batch.get(f"{column}_owner", ())):
             return None
+        pick = (lambda t: t) if entries is None else (lambda t: t[entries.to(t.device)])
         if f"{column}.emb" in batch:
-            sub = {"text.emb": batch[f"{column}.emb"]}
+            sub: dict[str, Any] = {"text.emb": pick(batch[f"{column}.emb"])}
         elif f"{column}_text" in batch:
-            sub = {"text": batch[f"{column}_text"]}
+            sub = {"text": {k: pick(v) for k, v in batch[f"{column}_text"].items()}}
         else:
             return None
         return self.encode(sub, "text")

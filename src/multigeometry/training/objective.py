@@ -98,10 +98,14 @@ class TrainModule(nn.Module):
         dist, rows = composed
         if rows.numel() < 2:
             return None
-        general = general if general is not None else self.model.encode_hierarchy(batch)
+        entries = batch["compound_index"][rows]
+        # the compounds' own descriptions: from the hierarchy when the entailment term encoded it, else only them
         if general is None:
+            compound = self.model.encode_texts(batch, "hierarchy", entries)
+        else:
+            compound = select_rows(general, entries)
+        if compound is None:
             return None
-        compound = select_rows(general, batch["compound_index"][rows])
         return self.criterion.composition(dist, compound, batch["compound_group"][rows])
 
     @staticmethod
