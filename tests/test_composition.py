@@ -12,7 +12,8 @@ from multigeometry.data.collate import Collator
 from multigeometry.data.world.scene import COMPOUND_LEVEL, Scene, SceneObject, caption, level_concepts, parts
 from multigeometry.evaluation.composition import composition_metrics, distinct_compounds
 from multigeometry.evaluation.embed import Compositions, SplitEmbeddings
-from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.cone import ConeParams, compose_cone_groups, compose_cones
+from multigeometry.geometry.groups import pad_groups
 from multigeometry.geometry.mixture import MixtureParams, point_similarity
 from multigeometry.losses import MainCriterion, info_nce
 from multigeometry.models.composition import Composer, distribution_features
@@ -161,13 +162,14 @@ def test_composition_metrics_match_brute_force():
                           group_ids=torch.arange(n_items), hierarchy=[[] for _ in range(n_items)], atoms=item_atoms)
     emb.dists = {"image": images, "text": texts}
     emb.rows = {"image": torch.arange(n_items), "text": torch.arange(0, n_items, 2)}
+    closed = _point(torch.randn(n_comp, d, generator=g))
     emb.compositions = Compositions(composed, captions, [f"c{i}" for i in range(n_comp)],
-                                    [["p", "q"]] * n_comp, comp_atoms)
+                                    [["p", "q"]] * n_comp, comp_atoms, closed_form=closed)
     got = composition_metrics(emb, point_similarity, block_size=5)
 
     keep = distinct_compounds(emb.compositions)
     assert 5 not in keep and len(keep) == len({frozenset(a) for a in comp_atoms})
-    for name, queries in (("R@1", composed), ("caption_R@1", captions)):
+    for name, queries in (("R@1", composed), ("caption_R@1", captions), ("closed_form_R@1", closed)):
         per_modality = []
         for m in ("image", "text"):
             rows = emb.rows[m].tolist()
@@ -227,3 +229,25 @@ def test_composer_learns_to_land_on_the_compound_and_generalises_to_unseen_pairs
         sim = crit.similarity(composer(parts_d, owner, len(held_out)), compound)
     r1 = float((sim.argmax(1) == torch.arange(len(held_out))).float().mean())
     assert r1 >= 0.5, r1  # chance is 1/12
+
+
+def test_pad_groups_keeps_each_groups_rows_in_order():
+    x = torch.arange(6.0)[:, None].expand(-1, 2)
+    padded, mask = pad_groups(x, torch.tensor([2, 0, 2, 2, 0, 1]), 4, -1.0)
+    assert padded.shape == (4, 3, 2)
+    assert padded[:, :, 0].tolist() == [[1, 4, -1], [5, -1, -1], [0, 2, 3], [-1, -1, -1]]
+    assert mask.sum(1).tolist() == [2, 1, 3, 0]
+
+
+def test_ragged_cone_composition_equals_compose_cones_per_group():
+    torch.manual_seed(0)
+    cfg = GEOMETRIES["cone"]
+    parts = _random_parts(cfg, 6)
+    owner = torch.tensor([1, 0, 1, 2, 1, 0])  # 2, 3 and 1 parts
+    got = compose_cone_groups(parts, owner, 3)
+    for g in range(3):
+        idx = torch.nonzero(owner == g).squeeze(1)
+        want = compose_cones(parts.map(lambda t, idx=idx: t[idx][None]))
+        torch.testing.assert_close(got.direction[g], want.direction[0])
+        torch.testing.assert_close(got.theta[g], want.theta[0])
+    torch.testing.assert_close(got.theta[2], parts.theta[3])  # one part composes to itself

@@ -36,6 +36,7 @@ def test_evaluate_writes_metrics_plots_and_grids(tiny_trained):
     for m in ("image", "audio", "text"):  # compose(parts) -> items beside the compound's own caption
         assert 0.0 <= metrics[f"composition/{m}/R@1"] <= 1.0 and 0.0 <= metrics[f"composition/{m}/caption_R@1"] <= 1.0
     assert metrics["composition/n_compounds"] >= 2
+    assert "composition/closed_form_R@1" not in metrics  # a closed form for cones only
     with (out / RECALL_PLOT).open() as f:
         rows = list(csv.DictReader(f))
     assert {r["direction"] for r in rows} == set(DIRECTIONS) and len(rows) == 4 * params.eval.curve_max_k
@@ -55,3 +56,4 @@ def test_cone_model_gets_containment_and_level_metrics(tiny_trained):
     assert 0.0 <= metrics["hierarchy/containment_AUC"] <= 1.0
     assert "image_to_text/uncertainty_spearman" in metrics  # the aperture is the cone's uncertainty
     assert 0.0 <= metrics["composition/R@1"] <= 1.0  # the composer speaks cones too
+    assert 0.0 <= metrics["composition/closed_form_R@1"] <= 1.0  # beside compose_cones of the parts' cones

@@ -4,7 +4,8 @@ Each distinct compound of the split (by meaning: its atom set) is a query twice:
 model's compositional layer, and as its caption through the text encoder. An item is a positive of a compound when
 the compound's atoms are a subset of the item's (a red circle is in every scene that has a red circle), as for the
 hierarchy metrics. `composition/<m>/R@1` is the composed queries' R@1 over the items of modality m,
-`composition/<m>/caption_R@1` the captions' beside it, and `composition/R@1`, `composition/caption_R@1` their means.
+`composition/<m>/caption_R@1` the captions' beside it, and `composition/R@1`, `composition/caption_R@1` their means;
+for cones also `composition/<m>/closed_form_R@1`, the parts composed by `compose_cones` instead of the learned layer.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def composition_metrics(emb: SplitEmbeddings, similarity: Similarity, block_size
         "R@1": comp.composed.map(lambda t: t[keep]),
         "caption_R@1": comp.captions.map(lambda t: t[keep]),
     }
+    if comp.closed_form is not None:
+        queries["closed_form_R@1"] = comp.closed_form.map(lambda t: t[keep])
     out: dict[str, float] = {}
     means: dict[str, list[float]] = {name: [] for name in queries}
     for m, items in emb.dists.items():

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from multigeometry.data.collate import Collator
 from multigeometry.evaluation.retrieval import device_of
+from multigeometry.geometry.cone import ConeParams, compose_cone_groups
 from multigeometry.inference import TrainedModel
 from multigeometry.models.pair_model import Distribution
 from multigeometry.training.objective import concat, select_rows
@@ -45,13 +46,15 @@ class Descriptions:
 class Compositions:
     """The split's compounds: for each row whose parts compose one of its descriptions, compose(parts) through the
     model's composer, the distribution of the compound's own caption, the caption, the parts and the compound's
-    atoms (its concept set, or the caption itself where the split has no concepts)."""
+    atoms (its concept set, or the caption itself where the split has no concepts); for cones also the closed-form
+    composition of the parts' cones (`compose_cones`: the largest cap around their mean direction inside all)."""
 
     composed: Distribution
     captions: Distribution
     texts: list[str]
     parts: list[list[str]]
     atoms: list[list[str]]
+    closed_form: Distribution | None = None
 
 
 @dataclass
@@ -217,6 +220,7 @@ class _CompoundCollector:
     def __init__(self) -> None:
         self.composed: list[Distribution] = []
         self.captions: list[Distribution] = []
+        self.closed_form: list[Distribution] = []
         self.texts: list[str] = []
         self.parts: list[list[str]] = []
         self.concepts: list[list[str]] = []
@@ -231,6 +235,8 @@ class _CompoundCollector:
         index = on_device["compound_index"][rows]
         self.composed.append(dist)
         self.captions.append(select_rows(general, index))
+        if isinstance(dist, ConeParams):
+            self.closed_form.append(_closed_form(trained, on_device))
         for row, entry in zip(rows.tolist(), index.tolist(), strict=True):
             text = batch["hierarchy_raw"][entry]
             level = batch["hierarchy"][row].index(text)
@@ -249,5 +255,14 @@ class _CompoundCollector:
             texts=self.texts,
             parts=self.parts,
             atoms=self.concepts if by_concepts else [[t] for t in self.texts],
+            closed_form=concat(self.closed_form) if self.closed_form else None,
         )
 
+
+def _closed_form(trained: TrainedModel, on_device: dict[str, Any]) -> ConeParams:
+    """compose_cones over each compound's part cones, in the order of `PairModel.compose`'s rows."""
+    found = trained.model.compound_parts(on_device)
+    assert found is not None
+    parts, owner, rows = found
+    assert isinstance(parts, ConeParams)
+    return compose_cone_groups(parts, owner, rows.numel())

@@ -6,12 +6,15 @@ caps of its specific instances; cap B lies inside cap A exactly when ∠(μ_A, �
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from multigeometry.geometry.groups import pad_groups
 
 # acos has an infinite derivative at ±1; its gradient is computed as if 1 − cos² were at least this, so that it stays
 # finite (at most 1/sqrt(ACOS_GRAD_EPS)) while the value stays exact.
@@ -125,3 +128,11 @@ def compose_cones(parts: ConeParams, weights: Tensor | None = None) -> ConeParam
     gap = parts.theta - angles(u, direction[..., None, :])
     theta = gap.amin(dim=-1).clamp_min(0.0)
     return ConeParams(direction, theta)
+
+
+def compose_cone_groups(parts: ConeParams, owner: Tensor, n: int) -> ConeParams:
+    """`compose_cones` over groups of any size: parts (P, D) with `owner` (P,) in [0, n) -> n composed cones. Groups
+    are padded to the largest with zero-weight parts whose aperture (2π) never binds the minimum."""
+    direction, mask = pad_groups(parts.direction, owner, n, 0.0)
+    theta, _ = pad_groups(parts.theta, owner, n, 2 * math.pi)
+    return compose_cones(ConeParams(direction, theta), mask.to(theta.dtype))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig
 from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.groups import pad_groups
 from multigeometry.geometry.mixture import MixtureParams
 from multigeometry.models.heads import make_head
 
@@ -75,12 +76,7 @@ class Composer(nn.Module):
         assign = torch.nn.functional.one_hot(owner, n).T.to(h.dtype)  # (n, P)
         assign = assign / assign.sum(1, keepdim=True).clamp_min(1.0)
         mean, raw_mean = assign @ h, assign @ x
-        order = torch.argsort(owner, stable=True)
-        counts = torch.bincount(owner, minlength=n)
-        sorted_owner = owner[order]
-        slot = torch.arange(len(owner), device=h.device) - (torch.cumsum(counts, 0) - counts)[sorted_owner]
-        padded = h.new_full((n, int(counts.max()) if len(owner) else 1, h.shape[1]), float("-inf"))
-        padded[sorted_owner, slot] = h[order]
+        padded, _ = pad_groups(h, owner, n, float("-inf"))
         peak = padded.amax(1)
         peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)
         return self.head(self.rho(torch.cat([mean, peak, raw_mean], dim=-1)))

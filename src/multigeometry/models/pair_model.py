@@ -90,11 +90,9 @@ class PairModel(nn.Module):
     def encode_hierarchy(self, batch: dict[str, Any]) -> Distribution | None:
         return self.encode_texts(batch, "hierarchy")
 
-    def compose(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor] | None:
-        """compose(parts) for every row of the batch whose parts compose a description of its hierarchy: the
-        composed distributions and those rows (indices into the batch). None without a composer or parts."""
-        if self.composer is None:
-            return None
+    def compound_parts(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor, Tensor] | None:
+        """The parts of every row whose parts compose a description of its hierarchy: their distributions, each
+        part's compound (an index into `rows`) and those rows (indices into the batch). None where there are none."""
         rows = torch.nonzero(batch["compound_index"] >= 0).squeeze(1) if "compound_index" in batch else None
         if rows is None or rows.numel() == 0:
             return None
@@ -106,5 +104,12 @@ class PairModel(nn.Module):
         slot[rows] = torch.arange(rows.numel(), device=device)
         owner = slot[batch["parts_owner"].to(device)]
         keep = owner >= 0
-        parts = parts.map(lambda t: t[keep.to(t.device)])
-        return self.composer(parts, owner[keep], rows.numel()), rows
+        return parts.map(lambda t: t[keep.to(t.device)]), owner[keep], rows
+
+    def compose(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor] | None:
+        """compose(parts) through the compositional layer for the rows of `compound_parts`: (distributions, rows)."""
+        found = self.compound_parts(batch) if self.composer is not None else None
+        if found is None:
+            return None
+        parts, owner, rows = found
+        return self.composer(parts, owner, rows.numel()), rows
