@@ -61,6 +61,8 @@ def main() -> None:
     saved = {p: p.read_bytes() for p in (Path("params.yaml"), Path("dvc.lock"))}  # as they were, edits included
     try:
         for geometry, extra in GEOMETRIES.items():
+            # a workspace experiment leaves its -S edits in params.yaml: each starts from the original again
+            Path("params.yaml").write_bytes(saved[Path("params.yaml")])
             metrics[geometry] = run_experiment(geometry, f"{args.name_prefix}-{geometry}", extra + args.overrides)
     finally:
         restore_workspace(saved)
