@@ -163,8 +163,8 @@ def test_composition_metrics_match_brute_force():
     emb.dists = {"image": images, "text": texts}
     emb.rows = {"image": torch.arange(n_items), "text": torch.arange(0, n_items, 2)}
     closed = _point(torch.randn(n_comp, d, generator=g))
-    emb.compositions = Compositions(composed, captions, [f"c{i}" for i in range(n_comp)],
-                                    [["p", "q"]] * n_comp, comp_atoms, closed_form=closed)
+    emb.compositions = Compositions(composed, captions, [f"c{i}" for i in range(n_comp)], comp_atoms,
+                                    closed_form=closed)
     got = composition_metrics(emb, point_similarity, block_size=5)
 
     keep = distinct_compounds(emb.compositions)

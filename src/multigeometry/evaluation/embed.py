@@ -45,14 +45,13 @@ class Descriptions:
 @dataclass
 class Compositions:
     """The split's compounds: for each row whose parts compose one of its descriptions, compose(parts) through the
-    model's composer, the distribution of the compound's own caption, the caption, the parts and the compound's
-    atoms (its concept set, or the caption itself where the split has no concepts); for cones also the closed-form
-    composition of the parts' cones (`compose_cones`: the largest cap around their mean direction inside all)."""
+    model's composer, the distribution of the compound's own caption, the caption and the compound's atoms (its
+    concept set, or the caption itself where the split has no concepts); for cones also the closed-form composition
+    of the parts' cones (`compose_cones`: the largest cap around their mean direction inside all)."""
 
     composed: Distribution
     captions: Distribution
     texts: list[str]
-    parts: list[list[str]]
     atoms: list[list[str]]
     closed_form: Distribution | None = None
 
@@ -86,7 +85,6 @@ class _EvalCollate:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
         batch["hierarchy_concepts"] = [e.get("hierarchy_concepts", []) for e in examples]
-        batch["parts_list"] = [e.get("parts", []) for e in examples]
         return batch
 
 
@@ -222,27 +220,26 @@ class _CompoundCollector:
         self.captions: list[Distribution] = []
         self.closed_form: list[Distribution] = []
         self.texts: list[str] = []
-        self.parts: list[list[str]] = []
         self.concepts: list[list[str]] = []
 
     def add(
         self, trained: TrainedModel, batch: dict[str, Any], on_device: dict[str, Any], general: Distribution
     ) -> None:
-        composed = trained.model.compose(on_device)
-        if composed is None:
+        model = trained.model
+        found = model.compound_parts(on_device) if model.composer is not None else None
+        if found is None:
             return
-        dist, rows = composed
+        parts, owner, rows = found  # encoded once, for the learned composition and the closed form alike
         index = on_device["compound_index"][rows]
-        self.composed.append(dist)
+        self.composed.append(model.composer(parts, owner, rows.numel()))
         self.captions.append(select_rows(general, index))
-        if isinstance(dist, ConeParams):
-            self.closed_form.append(_closed_form(trained, on_device))
+        if isinstance(parts, ConeParams):
+            self.closed_form.append(compose_cone_groups(parts, owner, rows.numel()))
         for row, entry in zip(rows.tolist(), index.tolist(), strict=True):
             text = batch["hierarchy_raw"][entry]
             level = batch["hierarchy"][row].index(text)
             concepts = batch["hierarchy_concepts"][row]
             self.texts.append(text)
-            self.parts.append(list(batch["parts_list"][row]))
             self.concepts.append(list(concepts[level]) if level < len(concepts) else [])
 
     def result(self, use_concepts: bool) -> Compositions | None:
@@ -253,16 +250,7 @@ class _CompoundCollector:
             composed=concat(self.composed),
             captions=concat(self.captions),
             texts=self.texts,
-            parts=self.parts,
             atoms=self.concepts if by_concepts else [[t] for t in self.texts],
             closed_form=concat(self.closed_form) if self.closed_form else None,
         )
 
-
-def _closed_form(trained: TrainedModel, on_device: dict[str, Any]) -> ConeParams:
-    """compose_cones over each compound's part cones, in the order of `PairModel.compose`'s rows."""
-    found = trained.model.compound_parts(on_device)
-    assert found is not None
-    parts, owner, rows = found
-    assert isinstance(parts, ConeParams)
-    return compose_cone_groups(parts, owner, rows.numel())
