@@ -13,13 +13,15 @@ from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
 
 NO_FEATURES = {m: {"model": ""} for m in ("image", "text", "audio", "code")}
+RAW_INPUTS = {m: {"input": "raw"} for m in ("image", "text", "audio", "code")}
 
 
-def loader_params(**loader):
+def loader_params(model=RAW_INPUTS, **loader):
     return params_from_dict(
         {
             "data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}},
             "features": NO_FEATURES,
+            "model": model,
             "shard": {"max_samples": 2, "workers": 1},
             "loader": {"batch_size": 2, "workers": 2, "shuffle_buffer": 4, "tokenizer": "", **loader},
         }
@@ -118,6 +120,57 @@ def test_collated_batch_marks_groups_and_pairs(shards):
     assert int(batch["audio_lengths"].max()) == batch["audio"].shape[2]
     assert [p[:2] for p in batch["pairs"]] == [("image", "text"), ("audio", "text"), ("code", "text")]
     assert batch["text_raw"][0] == examples[0]["text"]
+
+
+def test_models_that_read_features_only_decode_no_images_log_mels_or_tokens(shards):
+    """An encoder with `input: emb` reads `<modality>.emb`; raw images and log-mels of that modality are not decoded,
+    and text is tokenised only for an encoder that reads tokens."""
+    out, root = shards
+    emb_only = loader_params(model={}, tokenizer="unused")
+    mixed = loader_params(model={"image": {"input": "raw"}}, tokenizer="unused")
+    for params, has_image in ((emb_only, False), (mixed, True)):
+        examples = list(IterableStylePairDataset(out, "train", params))[:2]
+        assert all(("image" in e) == has_image and "audio" not in e for e in examples)
+        mapped = PairDataset(params, "val", root=root)[0]
+        assert ("image" in mapped) == has_image and "audio" not in mapped
+        batch = next(iter(make_loader(IterableStylePairDataset(out, "train", params), params, workers=0)))
+        assert "text" not in batch and "hierarchy_text" not in batch  # no encoder reads tokens: none made
+        assert batch["text_raw"]
+
+
+def test_feature_only_models_read_each_shard_once_and_later_epochs_yield_the_same(shards, tmp_path):
+    import shutil
+
+    out, _root = shards
+    copy = tmp_path / "shards"
+    shutil.copytree(out, copy)
+    for cache_mb, second_epoch_reads in ((64, False), (0, True)):
+        params = loader_params(model={}, cache_mb=cache_mb)
+        dataset = IterableStylePairDataset(copy, "train", params, train=True)
+        first = _ids(make_loader(dataset, params, workers=0))
+        moved = tmp_path / "moved"
+        shutil.move(copy / "train", moved)  # later epochs must not need the files
+        try:
+            dataset.set_epoch(0)
+            if second_epoch_reads:
+                with pytest.raises(FileNotFoundError):
+                    _ids(make_loader(dataset, params, workers=0))
+            else:
+                assert _ids(make_loader(dataset, params, workers=0)) == first
+                dataset.set_epoch(1)
+                assert sorted(_ids(make_loader(dataset, params, workers=0))) == sorted(first)
+        finally:
+            shutil.move(moved, copy / "train")
+
+
+def test_a_sample_with_only_features_of_a_modality_carries_it():
+    params = loader_params(model={})
+    examples = [{"sample_id": f"s{i}", "group_id": f"g{i}", "hierarchy": [], "concepts": [], "text": "a cat",
+                 "image.emb": torch.ones(3)} for i in range(2)]
+    batch = Collator(params.pairs, params.loader, tokenize=False)(examples)
+    assert batch["present"]["image"].all() and not batch["present"]["audio"].any()
+    assert batch["image.emb"].shape == (2, 3) and "image" not in batch
+    assert [p[:2] for p in batch["pairs"]] == [("image", "text")]
 
 
 def test_tokenised_text_uses_the_configured_tokenizer(shards):

@@ -241,6 +241,8 @@ class LoaderConfig:
     tokenizer: str = "all-minilm-l6-v2"  # catalogue name, hub id or local path
     max_tokens: int = bounded(64, min=1)
     padding: Literal["longest", "max_length"] = "longest"
+    # feature-only models (every encoder `input: emb`): decoded samples kept in memory between epochs, up to this size
+    cache_mb: int = bounded(1024, min=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

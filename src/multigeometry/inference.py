@@ -12,14 +12,9 @@ import torch
 from torch import Tensor
 
 from multigeometry.config import Params, params_from_dict
+from multigeometry.data.reads import needs_tokens
 from multigeometry.losses import Distribution, MainCriterion
 from multigeometry.models.pair_model import PairModel
-
-
-def needs_tokens(params: Params) -> bool:
-    """Whether a configured pair feeds raw text or code, which the loader then tokenises."""
-    modalities = {m for p in params.pairs.pairs for m in (p.a, p.b)}
-    return any(getattr(params.model, m).input == "raw" for m in modalities & {"text", "code"})
 
 
 @dataclass

@@ -28,13 +28,16 @@ class Collator:
     The batch holds every modality the pairs name: images (B,3,S,S), audio log-mels padded to the longest (B,M,T)
     with `audio_lengths`, text and code tokenised (`input_ids`, `attention_mask`) with their raw strings, pretrained
     features `<modality>.emb` (B,D), a `present` mask per modality, `group_ids` (B,) and the `pairs` to score with their
-    weights — a pair is kept when at least two samples carry both its modalities.
+    weights — a pair is kept when at least two samples carry both its modalities. Text is tokenised only with
+    `tokenize` (default: whenever `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`).
     """
 
-    def __init__(self, pairs: DatasetPairConfig, loader: LoaderConfig, tokenizer: Any | None = None) -> None:
+    def __init__(self, pairs: DatasetPairConfig, loader: LoaderConfig, tokenizer: Any | None = None,
+                 tokenize: bool | None = None) -> None:
         self.pairs = pairs
         self.loader = loader
         self._tokenizer = tokenizer
+        self.tokenize = bool(loader.tokenizer) if tokenize is None else tokenize and bool(loader.tokenizer)
         self.modalities = sorted({m for p in pairs.pairs for m in (p.a, p.b)})
 
     @property
@@ -70,7 +73,7 @@ class Collator:
         batch[f"{column}_raw"] = texts
         if features and sum(f.shape[0] for f in features) == len(texts):
             batch[f"{column}.emb"] = torch.cat(features)
-        if texts and self.loader.tokenizer:
+        if texts and self.tokenize:
             batch[f"{column}_text"] = self._tokenize(texts)
         return starts
 
@@ -112,15 +115,14 @@ class Collator:
             "present": {},
         }
         for modality in self.modalities:
-            present = torch.tensor([modality in e for e in examples], dtype=torch.bool)
+            # a sample carries a modality when it has the raw input or its features (raw ones may not be decoded)
+            present = torch.tensor([modality in e or f"{modality}.emb" in e for e in examples], dtype=torch.bool)
             batch["present"][modality] = present
             have = [e for e in examples if modality in e]
-            if not have:
-                continue
-            if modality == "image":
+            if modality == "image" and have:
                 shape = have[0]["image"].shape
                 batch["image"] = torch.stack([e["image"] if "image" in e else torch.zeros(shape) for e in examples])
-            elif modality == "audio":
+            elif modality == "audio" and have:
                 mels = have[0]["audio"].shape[0]
                 lengths = [e["audio"].shape[1] if "audio" in e else 0 for e in examples]
                 padded = torch.zeros(n, mels, max(lengths))
@@ -129,10 +131,10 @@ class Collator:
                         padded[i, :, : lengths[i]] = e["audio"]
                 batch["audio"] = padded
                 batch["audio_lengths"] = torch.tensor(lengths, dtype=torch.long)
-            else:  # text, code
+            elif modality in ("text", "code") and have:
                 raw = [e.get(modality, "") for e in examples]
                 batch[f"{modality}_raw"] = raw
-                if self.loader.tokenizer:
+                if self.tokenize:
                     batch[modality] = self._tokenize(raw)
             emb = f"{modality}.emb"
             if any(emb in e for e in examples):

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from multigeometry.config import Params
 from multigeometry.data.decode import decode_members, to_example
+from multigeometry.data.reads import ALL_RAW_FIELDS, needs_tokens, unread_fields
 from multigeometry.data.transforms import image_transform
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ class PairDataset(Dataset):
 
         row = self.rows[index]
         (members,) = encode_rows([row], self.raw_root, self.params, self.models)
-        return to_example(decode_members(members, f"{self.raw_root}:{row['sample_id']}"), self.transform,
-                          self.normalization)
+        decoded = decode_members(members, f"{self.raw_root}:{row['sample_id']}", skip=unread_fields(self.params))
+        return to_example(decoded, self.transform, self.normalization)
 
 
 class IterableStylePairDataset(IterableDataset):
@@ -95,6 +97,9 @@ class IterableStylePairDataset(IterableDataset):
         self.seed = params.seed if seed is None else seed
         self.resampled = params.loader.resampled if resampled is None else resampled
         self.shuffle_buffer = params.loader.shuffle_buffer if train else 0
+        self.skip = unread_fields(params)
+        self._cache: dict[str, list[dict[str, Any]]] = {}
+        self._cache_budget = params.loader.cache_mb * 2**20
         self.epoch = 0
         self._transform = None
 
@@ -124,8 +129,25 @@ class IterableStylePairDataset(IterableDataset):
         import webdataset as wds
 
         for url in urls:
-            for members in wds.tarfile_samples([{"url": url}]):
-                yield decode_members(members, url)
+            cached = self._cache.get(url)
+            if cached is not None:
+                yield from cached
+                continue
+            decoded = [decode_members(members, url, skip=self.skip) for members in wds.tarfile_samples([{"url": url}])]
+            self._remember(url, decoded)
+            yield from decoded
+
+    def _remember(self, url: str, decoded: list[dict[str, Any]]) -> None:
+        """Keep a shard's decoded samples for the next epochs when the model reads features only (no raw images or
+        log-mels: the samples are small) and the cache stays under `loader.cache_mb`; a worker process keeps its own."""
+        if self.skip != ALL_RAW_FIELDS or self._cache_budget <= 0:
+            return
+        size = sum(v.nbytes for d in decoded for v in d.values() if isinstance(v, np.ndarray)) + 512 * len(decoded)
+        if size > self._cache_budget:
+            self._cache_budget = 0  # does not fit: stop caching, keep what is cached
+            return
+        self._cache_budget -= size
+        self._cache[url] = decoded
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -166,8 +188,9 @@ def make_loader(dataset: Dataset | IterableDataset, params: Params, *, workers: 
     from multigeometry.data.collate import Collator
 
     workers = params.loader.workers if workers is None else workers
-    collate = Collator(params.pairs, params.loader, tokenizer)
-    if params.loader.tokenizer and tokenizer is None:
+    tokenize = needs_tokens(params)
+    collate = Collator(params.pairs, params.loader, tokenizer, tokenize=tokenize)
+    if tokenize and tokenizer is None:
         collate.tokenizer  # noqa: B018 - load once here, not in every worker
     generator = torch.Generator().manual_seed(params.seed if seed is None else seed)
     return wds.WebLoader(

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from multigeometry.data.images import to_rgb
+
 KNOWN = {"jpg", "png", "txt", "py", "flac", "npy", "json"}
 REFUSED = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt"}
 
@@ -21,8 +23,11 @@ class UnsafeMemberError(ValueError):
     """A shard member of a type that can execute code when loaded."""
 
 
-def decode_members(members: dict[str, Any], source: str, keep_audio_bytes: bool = False) -> dict[str, Any]:
-    """Members (`image.png`, `text.txt`, `audio.feat.npy`, `meta.json`, ...) -> decoded values by field name."""
+def decode_members(
+    members: dict[str, Any], source: str, keep_audio_bytes: bool = False, skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Members (`image.png`, `text.txt`, `audio.feat.npy`, `meta.json`, ...) -> decoded values by field name; the
+    fields in `skip` (`image`, `audio.feat`: see `data.reads.unread_fields`) are not decoded."""
     from PIL import Image
 
     key = members.get("__key__", "?")
@@ -36,8 +41,10 @@ def decode_members(members: dict[str, Any], source: str, keep_audio_bytes: bool 
         if ext not in KNOWN:
             continue
         if ext in ("jpg", "png"):
+            if "image" in skip:
+                continue
             with Image.open(io.BytesIO(data)) as image:
-                out["image"] = image.convert("RGB")
+                out["image"] = to_rgb(image)
         elif member == "text.txt":
             out["text"] = bytes(data).decode("utf-8")
         elif member == "code.py":
@@ -46,6 +53,8 @@ def decode_members(members: dict[str, Any], source: str, keep_audio_bytes: bool 
             if keep_audio_bytes:
                 out["audio.flac"] = bytes(data)
         elif ext == "npy":
+            if member.removesuffix(".npy") in skip:
+                continue
             out[member.removesuffix(".npy")] = np.load(io.BytesIO(data), allow_pickle=False)
         elif member == "meta.json":
             out["meta"] = json.loads(data)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from multigeometry.data.images import to_rgb
 from multigeometry.config import MODALITIES, AudioConfig, FeatureModelConfig
 from multigeometry.data.audio import log_mel
 from multigeometry.models.catalogue import (
@@ -95,7 +96,7 @@ def efficientnet_preprocess(images: Sequence[Any], image_size: int) -> torch.Ten
 
     arrays = []
     for image in images:
-        image = image.convert("RGB")
+        image = to_rgb(image)
         width, height = image.size
         crop = max(1, round(image_size / (image_size + EDGE_CROP_PADDING) * min(width, height)))
         left, top = (width - crop) // 2, (height - crop) // 2
@@ -323,7 +324,7 @@ class HFImageExtractor(FeatureExtractor):
         _check_types(items, Image.Image, "a PIL.Image.Image", self.where)
 
     def _encode_batch(self, items: list) -> torch.Tensor:
-        pixels = self.processor(images=[im.convert("RGB") for im in items], return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=[to_rgb(im) for im in items], return_tensors="pt")["pixel_values"]
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         states = out.hidden_states
         index = layer_index(self.cfg.layer, len(states), f"{self.where}.layer", self.cfg.model)

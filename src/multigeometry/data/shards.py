@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from multigeometry.data.images import to_rgb
 from multigeometry.config import MODALITIES, AudioConfig, Params, ShardConfig
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def image_member(path: Path, max_side: int) -> tuple[str, bytes]:
             return f"image.{ext}", data
         scale = max_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        resized = image.convert("RGB").resize(size, Image.Resampling.BICUBIC) if scale < 1 else image.convert("RGB")
+        resized = to_rgb(image).resize(size, Image.Resampling.BICUBIC) if scale < 1 else to_rgb(image)
         buf = io.BytesIO()
         resized.save(buf, format="PNG" if ext == "png" else "JPEG", quality=95)
         return f"image.{ext}", buf.getvalue()
@@ -214,7 +215,7 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
             name, data = image_member(raw_root / row["image"], params.shard.max_image_side)
             sample[name] = data
             if "image" in inputs:
-                inputs["image"].append(Image.open(io.BytesIO(data)).convert("RGB"))
+                inputs["image"].append(to_rgb(Image.open(io.BytesIO(data))))
         if isinstance(row.get("text"), str):
             sample["text.txt"] = row["text"].encode()
             if "text" in inputs:

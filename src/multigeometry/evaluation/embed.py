@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from multigeometry.data.collate import Collator
+from multigeometry.data.reads import needs_tokens
 from multigeometry.evaluation.retrieval import device_of
 from multigeometry.geometry.cone import ConeParams, compose_cone_groups
 from multigeometry.inference import TrainedModel
@@ -97,7 +98,7 @@ def eval_loader(trained: TrainedModel, shards_root: Path, split: str, batch_size
     params = trained.params
     dataset = IterableStylePairDataset(shards_root, split, params, train=False, resampled=False)
     workers = min(params.loader.workers, len(dataset.urls))
-    collate = _EvalCollate(Collator(params.pairs, params.loader, trained.tokenizer))
+    collate = _EvalCollate(Collator(params.pairs, params.loader, trained.tokenizer, tokenize=needs_tokens(params)))
     loader = wds.WebLoader(
         dataset,
         batch_size=batch_size,

@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
+from multigeometry.data.images import to_rgb
 from multigeometry.evaluation.suite import EvalResult, TopK
 from multigeometry.io import atomic_path, write_json_atomic
 
@@ -104,7 +105,7 @@ def _cell(modality: str, row: int, sample_ids: list[str], texts: dict[str, list[
     from PIL import Image, ImageDraw
 
     if modality == "image" and row in images:
-        image = Image.open(io.BytesIO(images[row])).convert("RGB")
+        image = to_rgb(Image.open(io.BytesIO(images[row])))
         return image.resize((CELL, CELL))
     cell = Image.new("RGB", (CELL, CELL), (245, 245, 245))
     text = texts.get(modality, [""] * (row + 1))[row] if modality in texts else ""

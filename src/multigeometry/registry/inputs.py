@@ -59,6 +59,7 @@ class RawEmbedder:
 
     def __init__(self, trained: TrainedModel) -> None:
         from multigeometry.data.collate import Collator
+        from multigeometry.data.reads import needs_tokens
         from multigeometry.data.shards import FeatureModels
         from multigeometry.data.transforms import image_transform
 
@@ -66,7 +67,7 @@ class RawEmbedder:
         params = trained.params
         self.features = FeatureModels(params)
         self.transform = image_transform(params.loader.augment, train=False)
-        self.collator = Collator(params.pairs, params.loader, trained.tokenizer)
+        self.collator = Collator(params.pairs, params.loader, trained.tokenizer, tokenize=needs_tokens(params))
         self.normalization = trained.index.get("normalization", {})
 
     @property

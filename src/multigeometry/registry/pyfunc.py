@@ -22,7 +22,8 @@ import mlflow.pyfunc
 import torch
 
 from multigeometry.config import MODALITIES
-from multigeometry.inference import TrainedModel, load_trained, needs_tokens
+from multigeometry.data.reads import needs_tokens
+from multigeometry.inference import TrainedModel, load_trained
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from multigeometry.config import Params
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.data.reads import needs_tokens
 from multigeometry.distributed import local_only
-from multigeometry.inference import needs_tokens
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
