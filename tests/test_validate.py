@@ -45,7 +45,7 @@ PLANTED = {
     "truncated_flac": ({"audio/cut.flac": _audio("FLAC")[:4000]}, {"audio": "audio/cut.flac"}, "audio_undecodable"),
     "silent_audio": ({"audio/silent.flac": _audio("FLAC", amplitude=0.0)}, {"audio": "audio/silent.flac"},
                      "audio_silent"),
-    "wrong_rate": ({"audio/rate.wav": _audio("WAV", rate=8000)}, {"audio": "audio/rate.wav"}, "audio_sample_rate"),
+    "wrong_rate": ({"audio/rate.wav": _audio("WAV", rate=3000)}, {"audio": "audio/rate.wav"}, "audio_sample_rate"),
     "too_long": ({"audio/long.flac": _audio("FLAC", seconds=40)}, {"audio": "audio/long.flac"}, "audio_duration"),
     "empty_caption": ({}, {"text": ""}, "text_length"),
     "blank_caption": ({}, {"text": "   "}, "text_empty"),
@@ -108,6 +108,31 @@ def test_report_counts_add_up(planted):
     assert report["per_reason"]["image_undecodable"] == 2
     assert any(not e["success"] for e in report["expectations"])
     assert (out / "data_docs" / "index.html").is_file()
+
+
+def test_quarantined_rows_are_reported_by_reason_split_and_knob(planted, caplog):
+    params, root, _good = planted
+    with caplog.at_level("WARNING", logger="multigeometry.stages.validate"):
+        out = validate(params, root)
+    report = json.loads((out / REPORT).read_text())
+    assert sum(report["quarantined_per_split"].values()) == report["rows_quarantined"]
+    warning = caplog.text
+    assert f"{len(PLANTED)} of" in warning and "quarantine.parquet" in warning
+    assert "audio_silent: 1 (" in warning and "set by validate.audio_min_rms" in warning
+    assert "validate.audio_min_sample_rate" in warning
+
+
+def test_any_sample_rate_above_the_minimum_passes_unless_rates_are_listed(tmp_path):
+    from multigeometry.config import ValidateConfig
+    from multigeometry.data.validation.media import check_audio
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(_audio("WAV", rate=8000))
+    assert check_audio(path, ValidateConfig()) is None  # telephone speech is fine: the shard stage resamples it
+    reason, detail = check_audio(path, ValidateConfig(audio_sample_rates=(16000, 48000)))
+    assert reason == "audio_sample_rate" and "validate.audio_sample_rates" in detail
+    reason, detail = check_audio(path, ValidateConfig(audio_min_sample_rate=11025))
+    assert reason == "audio_sample_rate" and "validate.audio_min_sample_rate" in detail
 
 
 def test_too_many_bad_rows_fail_the_stage_naming_the_quarantine(planted):

@@ -125,7 +125,8 @@ class ValidateConfig:
     text_min_chars: int = bounded(1, min=1)
     text_max_chars: int = bounded(2000, min=1)
     image_min_side: int = bounded(32, min=1)
-    audio_sample_rates: tuple[int, ...] = _list([16000, 22050, 24000, 32000, 44100, 48000])
+    audio_sample_rates: tuple[int, ...] = _list([])  # allowed rates; empty: any rate >= audio_min_sample_rate
+    audio_min_sample_rate: int = bounded(4000, min=1)  # the shard stage resamples every clip to audio.sample_rate
     audio_min_seconds: float = bounded(0.2, min=0.0)
     audio_max_seconds: float = bounded(30.0, min=0.0)
     audio_min_rms: float = bounded(1e-4, min=0.0)

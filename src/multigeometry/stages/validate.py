@@ -63,24 +63,44 @@ def validate(params: Params, root: Path = Path(".")) -> Path:
             "per_reason": dict(sorted(per_reason.items())),
             "per_first_reason": dict(sorted(per_first_reason.items())),
             "passed_per_split": _counts(passed["split"]),
+            "quarantined_per_split": _counts(quarantined["split"]),
             "expectations": expectations,
             "raw_dir": str(source),
         }
         write_json_atomic(staging / REPORT, report)
 
-    log.info(
-        "validate: %d rows in, %d passed, %d quarantined (%s)",
-        len(frame),
-        len(passed),
-        len(quarantined),
-        ", ".join(f"{k}={v}" for k, v in sorted(per_reason.items())) or "none",
-    )
+    log.info("validate: %d rows in, %d passed, %d quarantined", len(frame), len(passed), len(quarantined))
+    if len(quarantined):
+        log.warning(quarantine_summary(quarantined, len(frame), out / QUARANTINE))
     if fraction > cfg.max_bad_fraction:
         raise ValidationFailed(
             f"{out / QUARANTINE}: {len(quarantined)} of {len(frame)} rows quarantined ({fraction:.1%}), more than "
             f"validate.max_bad_fraction={cfg.max_bad_fraction:.1%}; reasons: {dict(per_reason)}"
         )
     return out
+
+
+# the params that decide each media check, named in the warning so a user knows what to change
+REASON_KNOBS = {
+    "audio_sample_rate": "validate.audio_sample_rates, validate.audio_min_sample_rate",
+    "audio_duration": "validate.audio_min_seconds, validate.audio_max_seconds",
+    "audio_silent": "validate.audio_min_rms",
+    "image_too_small": "validate.image_min_side",
+    "text_length": "validate.text_min_chars, validate.text_max_chars",
+}
+
+
+def quarantine_summary(quarantined: pd.DataFrame, rows_in: int, path: Path) -> str:
+    """One line per reason: how many rows, in which splits, and the params that decide it."""
+    lines = [f"validate: {len(quarantined)} of {rows_in} rows quarantined ({len(quarantined) / rows_in:.1%}); "
+             f"rows and reasons in {path}:"]
+    reasons = sorted({r for rs in quarantined["reasons"] for r in rs})
+    for reason in reasons:
+        rows = quarantined[[reason in rs for rs in quarantined["reasons"]]]
+        splits = ", ".join(f"{k} {v}" for k, v in _counts(rows["split"]).items())
+        knob = f"; set by {REASON_KNOBS[reason]}" if reason in REASON_KNOBS else ""
+        lines.append(f"  {reason}: {len(rows)} ({splits}){knob}")
+    return "\n".join(lines)
 
 
 def _counts(column: pd.Series) -> dict[str, int]:

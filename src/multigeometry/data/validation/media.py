@@ -39,7 +39,7 @@ def check_image(path: Path, cfg: ValidateConfig) -> Failure | None:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         return "image_undecodable", f"{type(e).__name__}: {e}"
     if min(width, height) < cfg.image_min_side:
-        return "image_too_small", f"{width}x{height} < {cfg.image_min_side} px"
+        return "image_too_small", f"{width}x{height} < validate.image_min_side {cfg.image_min_side} px"
     return None
 
 
@@ -62,14 +62,17 @@ def check_audio(path: Path, cfg: ValidateConfig) -> Failure | None:
         samples, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         return "audio_undecodable", f"{type(e).__name__}: {e}"
-    if rate not in cfg.audio_sample_rates:
-        return "audio_sample_rate", f"{rate} Hz not in {list(cfg.audio_sample_rates)}"
+    if cfg.audio_sample_rates and rate not in cfg.audio_sample_rates:
+        return "audio_sample_rate", f"{rate} Hz not in validate.audio_sample_rates {list(cfg.audio_sample_rates)}"
+    if rate < cfg.audio_min_sample_rate:
+        return "audio_sample_rate", f"{rate} Hz below validate.audio_min_sample_rate {cfg.audio_min_sample_rate}"
     seconds = samples.shape[0] / rate
     if not cfg.audio_min_seconds <= seconds <= cfg.audio_max_seconds:
-        return "audio_duration", f"{seconds:.3f} s not in [{cfg.audio_min_seconds}, {cfg.audio_max_seconds}]"
+        return "audio_duration", (f"{seconds:.3f} s not in [validate.audio_min_seconds, validate.audio_max_seconds] = "
+                                  f"[{cfg.audio_min_seconds}, {cfg.audio_max_seconds}]")
     rms = float(np.sqrt(np.mean(np.square(samples)))) if samples.size else 0.0
     if rms < cfg.audio_min_rms:
-        return "audio_silent", f"RMS {rms:.2e} < {cfg.audio_min_rms:.2e}"
+        return "audio_silent", f"RMS {rms:.2e} < validate.audio_min_rms {cfg.audio_min_rms:.2e}"
     return None
 
 
