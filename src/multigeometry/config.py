@@ -184,6 +184,8 @@ class ShardConfig:
     max_bytes: int = bounded(64_000_000, min=1024)
     max_image_side: int = bounded(512, min=8)
     workers: int = bounded(2, min=1, max=256)
+    # a manifest without val rows: this fraction of the train groups becomes the val split (0: no val split)
+    val_from_train: float = bounded(0.1, min=0.0, max=0.9)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ class AugmentConfig:
 class LoaderConfig:
     """How samples are read, tokenised and batched by both dataset classes."""
 
-    batch_size: int = bounded(64, min=1)
+    batch_size: int = bounded(64, min=0)  # 0: the whole training split in one step (full batch)
     workers: int = bounded(2, min=0, max=64)
     shuffle_buffer: int = bounded(512, min=0)
     resampled: bool = False
@@ -277,6 +279,9 @@ class ComposerConfig:
 class ModelConfig:
     geometry: Literal["mixture", "cone", "point"] = "mixture"
     embed_dim: int = bounded(128, min=2)
+    # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features
+    trunk: Literal["mlp", "linear"] = "mlp"
+    feature_norm: Literal["none", "standardize", "l2"] = "none"  # of the shards' features, before the trunk
     image: EncoderConfig = field(default_factory=EncoderConfig)
     text: EncoderConfig = field(default_factory=EncoderConfig)
     audio: EncoderConfig = field(default_factory=EncoderConfig)
@@ -339,6 +344,8 @@ class TrainConfig:
     val_every: int = bounded(50, min=1)
     best_metric: str = "val/mean_R@1"
     best_mode: Literal["max", "min"] = "max"
+    select: Literal["best", "last"] = "best"  # model.pt: the best validated weights, or the last ones
+    patience: int = bounded(0, min=0)  # stop after this many validations without a better best_metric (0: never)
     log_every: int = bounded(10, min=1)
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db
     experiment: str = "multigeometry"

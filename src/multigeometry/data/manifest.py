@@ -76,6 +76,22 @@ def split_of(group_id: str, seed: int, fractions: SplitFractions) -> str:
     return "test"
 
 
+def carve_val_split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, int]:
+    """A manifest with no val rows gets one: `fraction` of the train split's groups (chosen by a hash of the group
+    id, the same on every run) become val. Returns the manifest and the number of rows moved."""
+    if fraction <= 0 or (frame["split"] == "val").any():
+        return frame, 0
+
+    def to_val(group_id: str) -> bool:
+        digest = hashlib.sha256(f"val_from_train:{group_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+    moved = (frame["split"] == "train") & frame["group_id"].map(to_val).astype(bool)
+    frame = frame.copy()
+    frame.loc[moved, "split"] = "val"
+    return frame, int(moved.sum())
+
+
 def to_frame(rows: Iterable[ManifestRow], seed: int, fractions: SplitFractions) -> pd.DataFrame:
     """The manifest of `rows`: splits assigned where the source gave none, concepts derived, columns in order."""
     import pandas as pd

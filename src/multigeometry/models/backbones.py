@@ -97,6 +97,44 @@ class FeatureMLP(Trunk):
         return x
 
 
+class FeatureInput(Trunk):
+    """The pretrained features themselves (dropout aside), for `model.trunk: linear`: the head is then the only map
+    from the frozen features to the embedding, as in a linear probe."""
+
+    def __init__(self, in_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.width = in_dim
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dropout(features)
+
+
+class FeatureNorm(nn.Module):
+    """A fixed normalisation of pretrained features (`model.feature_norm`): `standardize` with the shards' train-split
+    mean and std (index.json), `l2` to unit length, or `none`. Buffers, so a saved model carries its statistics."""
+
+    def __init__(self, mode: str, dim: int, stats: dict | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+        mean, std = torch.zeros(dim), torch.ones(dim)
+        if mode == "standardize":
+            if not stats:
+                raise ValueError("model.feature_norm: standardize needs the shards' feature statistics (index.json "
+                                 "'normalization'); re-run the shard stage")
+            mean = torch.tensor(stats["mean"], dtype=torch.float32)
+            std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-6)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.mode == "standardize":
+            return (features - self.mean) / self.std
+        if self.mode == "l2":
+            return torch.nn.functional.normalize(features, dim=-1)
+        return features
+
+
 def _groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 

@@ -3,7 +3,9 @@
 Every encoder is a `Trunk` (see `multigeometry.models.backbones`) followed by a Linear + LayerNorm adapter to
 ``hidden_dim``. `build_encoder` picks the trunk from ``model.<modality>``:
 
-- ``input: emb``: a `FeatureMLP` over the shards' pretrained features ``<modality>.emb``;
+- ``input: emb``: a `FeatureMLP` over the shards' pretrained features ``<modality>.emb`` (normalised as
+  ``model.feature_norm`` says), or with ``model.trunk: linear`` the features themselves: the encoder adds nothing and
+  the head is one linear map from the frozen features (a linear probe);
 - ``input: raw``, ``backbone: ""``: the modality's small from-scratch network;
 - ``input: raw``, ``backbone: <name>``: a pretrained backbone, frozen (``freeze``) but for its last
   ``unfreeze_last_n`` layers; a frozen backbone stays in eval mode (no dropout, fixed BatchNorm statistics) while the
@@ -20,7 +22,9 @@ from torch import nn
 
 from multigeometry.config import MODALITIES, EncoderConfig, ParamsError
 from multigeometry.models.backbones import (
+    FeatureInput,
     FeatureMLP,
+    FeatureNorm,
     ScratchAudioConv,
     ScratchCNN,
     ScratchTokenTransformer,
@@ -34,11 +38,16 @@ class ModalityEncoder(nn.Module, abc.ABC):
 
     modality: ClassVar[str]
 
-    def __init__(self, trunk: Trunk, cfg: EncoderConfig) -> None:
+    def __init__(self, trunk: Trunk, cfg: EncoderConfig, norm: FeatureNorm | None = None) -> None:
         super().__init__()
         self.trunk = trunk
-        self.adapter = nn.Sequential(nn.Linear(trunk.width, cfg.hidden_dim), nn.LayerNorm(cfg.hidden_dim))
-        self.out_dim = cfg.hidden_dim
+        self.norm = norm if norm is not None else nn.Identity()
+        if isinstance(trunk, FeatureInput):  # model.trunk: linear
+            self.adapter: nn.Module = nn.Identity()
+            self.out_dim = trunk.width
+        else:
+            self.adapter = nn.Sequential(nn.Linear(trunk.width, cfg.hidden_dim), nn.LayerNorm(cfg.hidden_dim))
+            self.out_dim = cfg.hidden_dim
         self.reads_features = cfg.input == "emb"
         self.frozen = trunk.pretrained and cfg.freeze
         self.unfreeze_last_n = cfg.unfreeze_last_n
@@ -92,7 +101,7 @@ class ModalityEncoder(nn.Module, abc.ABC):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.reads_features:
-            inputs: tuple[torch.Tensor, ...] = (self._get(batch, f"{self.modality}.emb"),)
+            inputs: tuple[torch.Tensor, ...] = (self.norm(self._get(batch, f"{self.modality}.emb")),)
         else:
             inputs = self.raw_inputs(batch)
         return self.adapter(self.trunk(*inputs))
@@ -159,6 +168,7 @@ def build_trunk(
     modality: str,
     cfg: EncoderConfig,
     *,
+    trunk: str = "mlp",
     feature_dim: int | None = None,
     vocab_size: int | None = None,
     n_mels: int = 80,
@@ -177,7 +187,14 @@ def build_trunk(
                 f"{where}.input: emb needs pretrained {modality} features, but the shards have no '{modality}.emb': "
                 f"set features.{modality}.model (and re-run the shard stage), or use {where}.input: raw"
             )
+        if trunk == "linear":
+            return FeatureInput(feature_dim, cfg.dropout)
         return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
+    if trunk == "linear":
+        raise ParamsError(
+            f"model.trunk: linear maps the shards' pretrained features straight to the embedding, but {where}.input is "
+            f"raw; use {where}.input: emb, or model.trunk: mlp"
+        )
     if not cfg.backbone:
         return _scratch_trunk(modality, cfg, vocab_size, n_mels)
     return load_backbone(
@@ -194,6 +211,9 @@ def build_encoder(
     modality: str,
     cfg: EncoderConfig,
     *,
+    trunk: str = "mlp",
+    feature_norm: str = "none",
+    feature_stats: dict | None = None,
     feature_dim: int | None = None,
     vocab_size: int | None = None,
     n_mels: int = 80,
@@ -203,16 +223,20 @@ def build_encoder(
 
     ``feature_dim``: the shards' ``<modality>.emb`` dimension (``index["features"][...]["dim"]``), needed for
     ``input: emb``; ``vocab_size``: the tokenizer's, needed for text and code from scratch; ``n_mels`` and
-    ``audio_normalization`` (``index["normalization"]["audio.feat"]``): the shards' log-mels, for raw audio.
+    ``audio_normalization`` (``index["normalization"]["audio.feat"]``): the shards' log-mels, for raw audio;
+    ``trunk`` and ``feature_norm``: ``model.trunk`` and ``model.feature_norm``, with ``feature_stats``
+    (``index["normalization"]["<modality>.emb"]``) for ``standardize``.
     """
     if modality not in MODALITIES:
         raise ValueError(f"build_encoder: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
-    trunk = build_trunk(
+    network = build_trunk(
         modality,
         cfg,
+        trunk=trunk,
         feature_dim=feature_dim,
         vocab_size=vocab_size,
         n_mels=n_mels,
         audio_normalization=audio_normalization,
     )
-    return ENCODERS[modality](trunk, cfg)
+    norm = FeatureNorm(feature_norm, feature_dim, feature_stats) if cfg.input == "emb" and feature_dim else None
+    return ENCODERS[modality](network, cfg, norm)

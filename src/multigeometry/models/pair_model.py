@@ -25,6 +25,7 @@ class PairModel(nn.Module):
         modalities: Iterable[str],
         *,
         feature_dims: dict[str, int] | None = None,
+        feature_stats: dict[str, dict] | None = None,
         vocab_size: int | None = None,
         n_mels: int = 80,
         audio_normalization: dict | None = None,
@@ -33,11 +34,15 @@ class PairModel(nn.Module):
         self.cfg = cfg
         self.modalities = sorted(set(modalities))
         feature_dims = feature_dims or {}
+        feature_stats = feature_stats or {}
         self.encoders = nn.ModuleDict(
             {
                 m: build_encoder(
                     m,
                     getattr(cfg, m),
+                    trunk=cfg.trunk,
+                    feature_norm=cfg.feature_norm,
+                    feature_stats=feature_stats.get(f"{m}.emb"),
                     feature_dim=feature_dims.get(m),
                     vocab_size=vocab_size,
                     n_mels=n_mels,
@@ -60,6 +65,7 @@ class PairModel(nn.Module):
             params.model,
             modalities,
             feature_dims=dims,
+            feature_stats=index.get("normalization", {}),
             vocab_size=vocab_size,
             n_mels=int(features.get("audio.feat", {}).get("n_mels", params.audio.n_mels)),
             audio_normalization=index.get("normalization", {}).get("audio.feat"),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from multigeometry.config import SPLITS, Params
-from multigeometry.data.manifest import MANIFEST, read_manifest
+from multigeometry.data.manifest import MANIFEST, carve_val_split, read_manifest
 from multigeometry.data.shards import (
     FeatureModels,
     ShardPlan,
@@ -34,7 +34,10 @@ def plan(params: Params, root: Path = Path(".")) -> tuple[list[ShardPlan], Featu
     manifest_path = validated_dir(params, root) / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no validated manifest; run `multigeometry validate` first")
-    frame = read_manifest(manifest_path)
+    frame, moved = carve_val_split(read_manifest(manifest_path), params.shard.val_from_train)
+    if moved:
+        log.warning("shard: %s has no val rows; %d train rows (shard.val_from_train=%g of the train groups) form the "
+                    "val split", manifest_path, moved, params.shard.val_from_train)
     raw_root = raw_dir(params, root)
     models = FeatureModels(params)
     dims = models.dims()

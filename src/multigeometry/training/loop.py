@@ -9,6 +9,7 @@ killed and resumed ends with the same weights as one that never stopped (bit for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -95,6 +96,16 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int, accum_fr
     return steps
 
 
+def resolve_batch_size(params: Params, index: dict[str, Any], world_size: int) -> Params:
+    """`loader.batch_size: 0` is the whole training split in one step (across ranks and accumulated micro-batches):
+    the params with that size written in, as the run records them."""
+    if params.loader.batch_size:
+        return params
+    samples = int(index["splits"]["train"]["samples"])
+    size = max(1, samples // (world_size * params.train.accum_freq))
+    return dataclasses.replace(params, loader=dataclasses.replace(params.loader, batch_size=size))
+
+
 def compile_encoders(model: PairModel, backend: str = "inductor") -> None:
     """torch.compile each encoder in place (`nn.Module.compile` keeps the state dict's keys, so checkpoints and the
     registered model stay interchangeable with eager ones)."""
@@ -110,13 +121,14 @@ def epoch_batches(dataset: IterableStylePairDataset, params: Params, epoch: int,
 
 class Trainer:
     def __init__(self, params: Params, root: Path = Path(".")) -> None:
-        self.params, self.cfg, self.root = params, params.train, Path(root)
         self.rt = setup_runtime(params)
+        shards = shards_dir(params, root)
+        self.index = read_index(shards)
+        params = resolve_batch_size(params, self.index, self.rt.world_size)
+        self.params, self.cfg, self.root = params, params.train, Path(root)
         seed_everything(params.seed)
         self.out = models_dir(params, root)
         self.checkpoints = self.out / "checkpoints"
-        shards = shards_dir(params, root)
-        self.index = read_index(shards)
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
@@ -145,7 +157,13 @@ class Trainer:
         )
         self.step = 0
         self.best: float | None = None
+        self.best_state: dict[str, Any] | None = None  # the best validated weights (train.select: best)
+        self.best_step = 0
+        self.stale_validations = 0  # validations since the best one (train.patience)
         self.history: list[dict[str, float]] = []
+        if self.val_set is None:
+            log.warning("train: %s has no val split: no validation, the last model is kept (train.select, "
+                        "train.patience need one; shard.val_from_train carves one from train)", shards)
 
     # -----------------------------------------------------------------------------------------------------------------
 
@@ -176,7 +194,7 @@ class Trainer:
         progress = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
         )
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self._patience_out():
             epoch, position = divmod(self.step, self.steps_per_epoch)
             batches = epoch_batches(self.train_set, self.params, epoch, self.tokenizer)
             for _ in range(position * self.cfg.accum_freq):  # the data position of a resumed run
@@ -185,7 +203,7 @@ class Trainer:
                 set_rng_state(rng_after_skip)
                 rng_after_skip = None
             for _ in range(position, self.steps_per_epoch):
-                if self.step >= self.total_steps:
+                if self.step >= self.total_steps or self._patience_out():
                     break
                 group = list(islice(batches, self.cfg.accum_freq))
                 if len(group) < self.cfg.accum_freq:
@@ -240,8 +258,14 @@ class Trainer:
             return
         better = self.best is None or (value > self.best if self.cfg.best_mode == "max" else value < self.best)
         if better:
-            self.best = value
-            self._save_model(self.out / "best" / MODEL_FILE, {self.cfg.best_metric: value, "step": self.step})
+            self.best, self.best_step, self.stale_validations = value, self.step, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.model.state_dict().items()}
+        else:
+            self.stale_validations += 1
+
+    def _patience_out(self) -> bool:
+        """Early stopping: `train.patience` validations in a row without a better `train.best_metric`."""
+        return self.cfg.patience > 0 and self.stale_validations >= self.cfg.patience
 
     # -----------------------------------------------------------------------------------------------------------------
 
@@ -257,6 +281,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": states,
             "best": self.best,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+            "stale_validations": self.stale_validations,
             "history": self.history,
             "world_size": self.rt.world_size,
         }
@@ -277,16 +304,18 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best, self.history = state["step"], state["best"], list(state["history"])
+        self.best_step, self.best_state = state["best_step"], state["best_state"]
+        self.stale_validations = state["stale_validations"]
         log.info("resumed from %s at step %d", path, self.step)
         return state["rng"][self.rt.rank]
 
-    def _save_model(self, path: Path, info: dict[str, Any]) -> None:
+    def _save_model(self, path: Path, info: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         from multigeometry.io import atomic_path
 
         with atomic_path(path) as tmp:
             torch.save(
                 {
-                    "model": self.module.model.state_dict(),
+                    "model": self.module.model.state_dict() if state is None else state,
                     "logit_scale": self.module.criterion.logit_scale(),
                     "params": self.params.to_dict(),
                     "index": self.index,
@@ -299,9 +328,13 @@ class Trainer:
         if not self.rt.is_main:
             return self.out
         final = self.out / MODEL_FILE
-        self._save_model(final, {"step": self.step})
+        selected = self._selected()
+        self._save_model(final, {"step": self.step, "selected": selected},
+                         self.best_state if selected["model"] == "best" else None)
         last = self.history[-1] if self.history else {}
-        summary = {k: v for k, v in last.items() if k != "step"} | {"step": self.step, "best": self.best}
+        summary = {k: v for k, v in last.items() if k != "step"} | {
+            "step": self.step, "best": self.best, "selected": selected
+        }
         write_json_atomic(self.out / "metrics" / "train.json", summary)
         write_json_atomic(self.out / "resolved_params.json", self.params.to_dict())
         _write_curve(self.out / "plots" / "loss.csv", self.history)
@@ -309,6 +342,16 @@ class Trainer:
         tracker.artifact(self.out / "metrics" / "train.json", "metrics")
         tracker.artifact(final, "model")
         return self.out
+
+
+    def _selected(self) -> dict[str, Any]:
+        """Which weights model.pt holds (`train.select`) and why."""
+        stopped = self._patience_out()
+        if self.cfg.select == "best" and self.best_state is not None:
+            return {"model": "best", "step": self.best_step, self.cfg.best_metric: self.best, "early_stopped": stopped}
+        reason = "train.select: last" if self.cfg.select == "last" else f"no {self.cfg.best_metric} (no val split)"
+        log.info("train: model.pt holds the last weights (%s)", reason)
+        return {"model": "last", "step": self.step, "reason": reason, "early_stopped": stopped}
 
 
 def _write_curve(path: Path, history: list[dict[str, float]]) -> None:

@@ -1,0 +1,100 @@
+"""The small-data recipe: a linear trunk over frozen features, normalised features, full batch, early stopping with
+the best validated weights kept, and a val split carved from train where a dataset has none."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multigeometry.config import ModelConfig, params_from_dict
+from multigeometry.data.datasets import IterableStylePairDataset, make_loader
+from multigeometry.data.manifest import carve_val_split
+from multigeometry.inference import load_trained
+from multigeometry.models.pair_model import PairModel
+from multigeometry.paths import models_dir, shards_dir
+from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
+from multigeometry.training.objective import TrainModule
+from multigeometry.training.validation import validate_model
+from tests.conftest import tiny_trained_raw
+
+
+def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
+    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear")
+    model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
+    assert not list(model.encoders.parameters())
+    image = torch.randn(5, 6)
+    head = model.heads["image"].proj
+    expected = F.normalize(image @ head.weight.T + head.bias, dim=-1)
+    torch.testing.assert_close(model.encode({"image.emb": image}, "image").mu[:, 0], expected)
+
+
+def test_standardized_features_use_the_train_statistics_and_travel_with_the_weights():
+    stats = {"image.emb": {"mean": [1.0, 2.0], "std": [2.0, 4.0]}, "text.emb": {"mean": [0.0], "std": [1.0]}}
+    cfg = ModelConfig(geometry="point", embed_dim=3, n_components=1, trunk="linear", feature_norm="standardize")
+    model = PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1}, feature_stats=stats)
+    x = torch.tensor([[3.0, 6.0]])
+    head = model.heads["image"].proj
+    expected = F.normalize(torch.tensor([[1.0, 1.0]]) @ head.weight.T + head.bias, dim=-1)
+    torch.testing.assert_close(model.encode({"image.emb": x}, "image").mu[:, 0], expected)
+    assert "encoders.image.norm.mean" in model.state_dict()
+    with pytest.raises(ValueError, match="feature statistics"):
+        PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1})
+    l2 = PairModel(ModelConfig(feature_norm="l2"), ["image", "text"], feature_dims={"image": 2, "text": 1})
+    torch.testing.assert_close(l2.encoders["image"].norm(x), F.normalize(x, dim=-1))
+
+
+def test_a_manifest_without_val_rows_gets_one_from_train_groups():
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(400)], "group_id": [f"g{i // 2}" for i in range(400)],
+                          "split": ["train"] * 300 + ["test"] * 100})
+    carved, moved = carve_val_split(frame, 0.2)
+    val = carved[carved["split"] == "val"]
+    assert moved == len(val) and 30 < moved < 90 and (frame.loc[val.index, "split"] == "train").all()
+    assert carved.groupby("group_id")["split"].nunique().max() == 1  # a group stays whole
+    assert carve_val_split(frame, 0.2)[0].equals(carved)
+    assert carve_val_split(carved, 0.5)[1] == 0  # a val split exists: nothing moves
+    assert carve_val_split(frame, 0.0)[1] == 0
+
+
+def test_full_batch_early_stopping_keeps_the_best_validated_weights(tiny_trained):
+    _params, root = tiny_trained
+    raw = tiny_trained_raw(root, geometry="point", run_name="small", epochs=200, val_every=1, patience=3,
+                           checkpoint_every=1000)
+    raw["loader"]["batch_size"] = 0
+    raw["model"]["trunk"] = "linear"
+    params = params_from_dict(raw)
+    out = train_model(params, root)
+    metrics = read_train_metrics(out)
+    selected = metrics["selected"]
+    assert selected["model"] == "best" and selected["early_stopped"]
+    assert metrics["step"] < 200  # one full-batch step an epoch, and the run stopped early
+    assert metrics["step"] - selected["step"] == 3
+    resolved = json.loads((out / "resolved_params.json").read_text())
+    train_samples = json.loads((shards_dir(params, root) / "index.json").read_text())["splits"]["train"]["samples"]
+    assert resolved["loader"]["batch_size"] == train_samples
+    trained = load_trained(out / MODEL_FILE)
+    val = IterableStylePairDataset(shards_dir(params, root), "val", trained.params)
+    again = validate_model(TrainModule(trained.model, trained.criterion), make_loader(val, trained.params, workers=0),
+                           torch.device("cpu"))
+    assert again["val/mean_R@1"] == pytest.approx(selected["val/mean_R@1"])
+
+
+def test_without_a_val_split_the_last_model_is_kept_and_said(tiny_trained, tmp_path, caplog):
+    params, root = tiny_trained
+    copy = tmp_path / "root"
+    shutil.copytree(shards_dir(params, root), shards_dir(params, copy))
+    index_path = shards_dir(params, copy) / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["splits"]["val"]
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(shards_dir(params, copy) / "val")
+    raw = tiny_trained_raw(copy, run_name="noval", epochs=2)
+    with caplog.at_level("WARNING"):
+        out = train_model(params_from_dict(raw), copy)
+    assert read_train_metrics(out)["selected"]["model"] == "last"
+    assert "no val split" in caplog.text
+    assert (models_dir(params_from_dict(raw), copy) / MODEL_FILE).is_file()
