@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 GEOMETRIES: dict[str, list[str]] = {
-    "point": ["model.geometry=point", "model.n_components=1", "loss.similarity=point"],
+    "point": ["model.geometry=point"],
     "mixture": ["model.geometry=mixture"],
     "cone": ["model.geometry=cone"],
 }

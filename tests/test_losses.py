@@ -318,3 +318,17 @@ def test_cone_criterion_with_hierarchy(gen: torch.Generator) -> None:
     out["loss"].backward()
     assert general.theta.grad is not None and general.theta.grad.abs().sum() > 0
     assert set(crit(a, b)) == {"contrastive", "logit_scale", "loss"}  # no hierarchy, no entailment term
+
+
+def test_the_default_similarity_follows_the_geometry() -> None:
+    """`loss.similarity: auto`: the point geometry alone is CLIP (cosine logits), a mixture scores with CSD."""
+    from multigeometry.geometry.mixture import csd_similarity
+
+    a = MixtureParams.point(F.normalize(torch.randn(4, 8), dim=-1))
+    b = MixtureParams.point(F.normalize(torch.randn(5, 8), dim=-1))
+    point = MainCriterion(LossConfig(), ModelConfig(geometry="point"))
+    assert point.similarity_kind == "point"
+    torch.testing.assert_close(point.similarity(a, b), a.mu[:, 0] @ b.mu[:, 0].T)
+    mixture = MainCriterion(LossConfig(), ModelConfig(geometry="mixture"))
+    assert mixture.similarity_kind == "csd"
+    torch.testing.assert_close(mixture.similarity(a, b), csd_similarity(a, b))

@@ -304,7 +304,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    similarity: Literal["csd", "product_kernel", "point"] = "csd"
+    # auto: point for model.geometry point, csd for mixtures (cones always use their own angular similarity)
+    similarity: Literal["auto", "csd", "product_kernel", "point"] = "auto"
     csd_tau: float = bounded(1.0, min=1e-6)
     init_logit_scale: float = bounded(1 / 0.07, min=1e-3)
     max_logit_scale: float = bounded(100.0, min=1e-3)

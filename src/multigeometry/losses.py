@@ -329,13 +329,16 @@ class MainCriterion(nn.Module):
         product_kernel_max_elements: int = 1 << 22,
     ) -> None:
         super().__init__()
-        if model_cfg.geometry == "point" and loss_cfg.similarity == "product_kernel":
+        kind = loss_cfg.similarity
+        if kind == "auto":
+            kind = "point" if model_cfg.geometry == "point" else "csd"
+        if model_cfg.geometry == "point" and kind == "product_kernel":
             raise ValueError("loss.similarity 'product_kernel' needs variances; model.geometry 'point' has none")
-        if model_cfg.geometry == "mixture" and loss_cfg.similarity == "point" and model_cfg.n_components != 1:
+        if model_cfg.geometry == "mixture" and kind == "point" and model_cfg.n_components != 1:
             raise ValueError(
                 f"loss.similarity 'point' needs one component, model.n_components is {model_cfg.n_components}"
             )
-        self.cfg, self.geometry = loss_cfg, model_cfg.geometry
+        self.cfg, self.geometry, self.similarity_kind = loss_cfg, model_cfg.geometry, kind
         self.chunk_elements, self.product_kernel_max_elements = chunk_elements, product_kernel_max_elements
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
         self.sinkhorn = SinkhornOTLoss(loss_cfg.sinkhorn_reg, loss_cfg.sinkhorn_iters)
@@ -354,9 +357,9 @@ class MainCriterion(nn.Module):
             return cone_similarity(a, b)
         if not (isinstance(a, MixtureParams) and isinstance(b, MixtureParams)):
             raise TypeError(f"both sides must be MixtureParams or both ConeParams, got {type(a)} and {type(b)}")
-        if self.cfg.similarity == "point":
+        if self.similarity_kind == "point":
             return point_similarity(a, b)
-        if self.cfg.similarity == "csd":
+        if self.similarity_kind == "csd":
             return csd_similarity(a, b, self.cfg.csd_tau, self.chunk_elements)
         return product_kernel_similarity(a, b, self.product_kernel_max_elements)
 
