@@ -452,6 +452,32 @@ def test_tiny_whisper_long_clip_is_encoded_in_windows(tiny_whisper_dir: Path) ->
         extractor.encode([wave, np.zeros(10, dtype=np.float32)])
 
 
+def test_whisper_padded_to_its_window_pools_only_the_clips_frames(tiny_whisper_dir: Path) -> None:
+    """pad_to_window: each window of the clip is zero-padded to the model's full window (1 s here, 30 s for real
+    Whisper), as Whisper was trained, and only the output frames that cover the clip are pooled."""
+    extractor = load_extractor("audio", _cfg(str(tiny_whisper_dir), pad_to_window=True, batch_size=4), AUDIO)
+    short, long = _wave(0.35, seed=6), _wave(2.5, seed=7)
+
+    def expected(wave: np.ndarray) -> np.ndarray:
+        states = []
+        for start in range(0, len(wave), 16000):
+            window = wave[start : start + 16000]
+            frames = torch.from_numpy(log_mel(np.pad(window, (0, 16000 - len(window))), AUDIO))[None]
+            assert frames.shape[-1] == 100
+            with torch.no_grad():
+                state = whisper_encoder_states(extractor.encoder, frames, 2)[0]
+            states.append(state[: int(np.ceil(len(window) / 160 / 2))])
+        return torch.cat(states).mean(0).numpy()
+
+    together = extractor.encode([short, long, short])
+    np.testing.assert_allclose(together[0], expected(short), atol=1e-5)
+    np.testing.assert_allclose(together[1], expected(long), atol=1e-5)
+    np.testing.assert_allclose(together[2], together[0], atol=1e-6)
+    unpadded = load_extractor("audio", _cfg(str(tiny_whisper_dir)), AUDIO).encode([short])
+    assert not np.allclose(unpadded[0], together[0], atol=1e-3)
+    assert "padded" in extractor.spec["padding"]
+
+
 def test_tiny_wav2vec2_by_path(tmp_path: Path) -> None:
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -481,6 +507,8 @@ def test_tiny_wav2vec2_by_path(tmp_path: Path) -> None:
         with torch.no_grad():
             expected = model(**inputs).last_hidden_state.mean(1)[0].numpy()
         np.testing.assert_allclose(row, expected, atol=1e-5)
+    with pytest.raises(FeatureModelError, match=r"features\.audio\.pad_to_window: only Whisper"):
+        load_extractor("audio", _cfg(str(tmp_path), pad_to_window=True), AUDIO)
 
 
 def test_pool_hidden_respects_the_mask() -> None:

@@ -168,6 +168,8 @@ class FeatureModelConfig:
     pooling: Literal["mean", "cls", "max"] = "mean"
     batch_size: int = bounded(32, min=1)
     max_tokens: int = bounded(128, min=1)  # text and code: truncation length
+    # audio (Whisper): pad each clip to the 30 s window Whisper was trained on and pool only the clip's frames
+    pad_to_window: bool = False
 
 
 @dataclass(frozen=True)

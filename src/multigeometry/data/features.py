@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from multigeometry.data.images import to_rgb
 from multigeometry.config import MODALITIES, AudioConfig, FeatureModelConfig
-from multigeometry.data.audio import log_mel
+from multigeometry.data.audio import hop_samples, log_mel
 from multigeometry.models.catalogue import (
     CATALOGUE,
     CatalogueEntry,
@@ -381,11 +382,16 @@ class _AudioExtractor(FeatureExtractor):
     def _frames(self, batch: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, T', D) of the chosen layer for a batch of equal-length inputs."""
 
+    def _kept(self, wave: np.ndarray) -> list[int | None]:
+        """Per window of `_inputs(wave)`, how many output frames cover the clip (None: all); padding is not pooled."""
+        return [None] * len(self._inputs(wave))
+
     def _encode_batch(self, items: list) -> torch.Tensor:
         pooled: list[torch.Tensor] = []
         for item in items:  # one at a time: used by the probe; `encode` batches items of equal length
-            frames = torch.cat([self._frames(x.unsqueeze(0))[0] for x in self._inputs(item)], dim=0)
-            pooled.append(pool_hidden(frames.unsqueeze(0), None, self.cfg.pooling)[0])
+            states = [self._frames(x.unsqueeze(0))[0][:keep] for x, keep in zip(self._inputs(item), self._kept(item),
+                                                                                 strict=True)]
+            pooled.append(pool_hidden(torch.cat(states, dim=0).unsqueeze(0), None, self.cfg.pooling)[0])
         return torch.stack(pooled)
 
     def _encode_into(self, items: list, out: np.ndarray, bar: tqdm) -> None:
@@ -393,9 +399,11 @@ class _AudioExtractor(FeatureExtractor):
         for start in range(0, len(items), window):
             chunk = items[start : start + window]
             inputs: list[list[torch.Tensor]] = []
+            kept: list[list[int | None]] = []
             for i, wave in enumerate(chunk):
                 try:
                     inputs.append(self._inputs(wave))
+                    kept.append(self._kept(wave))
                 except ValueError as e:
                     raise ValueError(f"{self.where}: item #{start + i}: {e}") from e
             buckets: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
@@ -407,8 +415,8 @@ class _AudioExtractor(FeatureExtractor):
                 for b in range(0, len(keys), self.cfg.batch_size):
                     part = keys[b : b + self.cfg.batch_size]
                     states = self._frames(torch.stack([inputs[i][j] for i, j in part]))
-                    for key, state in zip(part, states, strict=True):
-                        frames[key] = state
+                    for (i, j), state in zip(part, states, strict=True):
+                        frames[(i, j)] = state[: kept[i][j]]
             for i, windows in enumerate(inputs):
                 item_frames = torch.cat([frames[(i, j)] for j in range(len(windows))], dim=0)
                 out[start + i] = pool_hidden(item_frames.unsqueeze(0), None, self.cfg.pooling)[0].float().numpy()
@@ -441,16 +449,30 @@ class WhisperAudioExtractor(_AudioExtractor):
         self._probe()
 
     def _extra_spec(self) -> dict:
-        return {
-            "sample_rate": self.model_rate,
-            "n_mels": self.mel_cfg.n_mels,
-            "hop_ms": self.mel_cfg.hop_ms,
-            "padding": "none (positions sliced to the input length)",
-        }
+        padding = ("each window padded to 30 s as Whisper was trained; only the clip's frames pooled"
+                   if self.cfg.pad_to_window else "none (positions sliced to the input length)")
+        return {"sample_rate": self.model_rate, "n_mels": self.mel_cfg.n_mels, "hop_ms": self.mel_cfg.hop_ms,
+                "padding": padding}
+
+    def _windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        """The clip at the model's rate in windows of at most 30 s (the encoder's positions)."""
+        wave = self._resample(wave)
+        size = self.max_frames * hop_samples(self.mel_cfg)
+        return [wave[i : i + size] for i in range(0, max(1, len(wave)), size)]
 
     def _inputs(self, wave: np.ndarray) -> list[torch.Tensor]:
-        mel = torch.from_numpy(log_mel(self._resample(wave), self.mel_cfg))
-        return list(mel.split(self.max_frames, dim=-1))
+        if not self.cfg.pad_to_window:
+            mel = torch.from_numpy(log_mel(self._resample(wave), self.mel_cfg))
+            return list(mel.split(self.max_frames, dim=-1))
+        size = self.max_frames * hop_samples(self.mel_cfg)
+        return [torch.from_numpy(log_mel(np.pad(w, (0, size - len(w))), self.mel_cfg)) for w in self._windows(wave)]
+
+    def _kept(self, wave: np.ndarray) -> list[int | None]:
+        if not self.cfg.pad_to_window:
+            return super()._kept(wave)
+        stride = self.encoder.conv1.stride[0] * self.encoder.conv2.stride[0]
+        hop = hop_samples(self.mel_cfg)
+        return [max(1, math.ceil(len(w) / hop / stride)) for w in self._windows(wave)]
 
     def _frames(self, batch: torch.Tensor) -> torch.Tensor:
         return whisper_encoder_states(self.encoder, batch.to(self.encoder.conv1.weight.dtype), self._upto)
@@ -558,6 +580,9 @@ def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfi
             "it as a Hugging Face hub id failed (no network, or HF_HUB_OFFLINE set?)"
         )
         raise FeatureModelError(f"{where}.model={cfg.model!r}: cannot load ({hint}): {type(e).__name__}: {e}") from e
+    if cfg.pad_to_window and not isinstance(extractor, WhisperAudioExtractor):
+        raise FeatureModelError(f"{where}.pad_to_window: only Whisper encoders have a fixed window; {cfg.model!r} is "
+                                f"a {extractor.backend} model (set {where}.pad_to_window: false)")
     log.info(
         "%s: %s (%s, layer %d, %s pooling) -> %d-dim features, from %s",
         where,
