@@ -50,6 +50,8 @@ def roots(tmp_path_factory):
     _stamp(stamps, "vehicles/toy_truck", "A toy truck.\n")
     _stamp(stamps, "animals/birds/owl", "An owl.\n", png=False, svg=True)
     _stamp(stamps, "symbols/none", "fr.utf8=Rien.\n", png=True)
+    _stamp(stamps, "symbols/math/7", "7\n")
+    _sound(stamps / "symbols/math/7_en_GB.ogg")
     hw = root / "hw"
     voices = hw / "usr/share/games/hedgewars/Data/Sounds/voices"
     for voice in ("British", "Pirate"):
@@ -76,7 +78,7 @@ def test_image_set_has_descriptions_folder_hierarchy_and_shared_groups(roots, tm
     out = realsets.build_set(realsets.SETS["tuxpaint-images"], roots, tmp_path / "images")
     rows = {r["sample_id"]: r for r in _rows(out)}
     assert set(rows) == {"tp-animals-birds-robin", "tp-animals-birds-cartoon-robin", "tp-animals-mammals-big_cat",
-                         "tp-vehicles-toy_truck"}
+                         "tp-vehicles-toy_truck", "tp-symbols-math-7"}
     robin = rows["tp-animals-birds-robin"]
     assert robin["text"] == "A robin." and robin["hierarchy"] == ["animals", "birds"]
     assert rows["tp-animals-birds-cartoon-robin"]["group_id"] == robin["group_id"] == "a robin"
@@ -85,7 +87,7 @@ def test_image_set_has_descriptions_folder_hierarchy_and_shared_groups(roots, tm
                                                    / "animals/birds/robin.png").read_bytes()
     assert all(r["split"] == split_for(r["group_id"], "tuxpaint-images") for r in rows.values())
     source = json.loads((out / "SOURCE.json").read_text())
-    assert source["rows"] == 4 and source["skipped"] == {"no English description": 1, "svg only": 1}
+    assert source["rows"] == 5 and source["skipped"] == {"no English description": 1, "svg only": 1}
     assert source["sources"][0]["sha256"] == realsets.TUXPAINT.sha256
     project_rows = folder_rows(tmp_path / "staging", out)  # the project's `folder:` source reads it as it is
     assert sorted(r.sample_id for r in project_rows) == sorted(rows)
@@ -96,24 +98,27 @@ def test_sound_and_speech_sets(roots, tmp_path):
     sounds = _rows(realsets.build_set(realsets.SETS["tuxpaint-sounds"], roots, tmp_path / "sounds"))
     assert {r["text"] for r in sounds} == {"A robin.", "A lion."}
     assert all(r["audio"].startswith("audio/") and r["hierarchy"][0] == "animals" for r in sounds)
-    out = realsets.build_set(realsets.SETS["spoken-words"], roots, tmp_path / "speech")
-    speech = {r["sample_id"]: r for r in _rows(out)}
-    assert speech["hw-British-Comeonthen"]["text"] == "come on then"
-    assert speech["hw-Pirate-Hello"]["group_id"] == speech["hw-British-Hello"]["group_id"] == "hello"
-    assert speech["kt-moon_fallingstar"]["text"] == "falling star" and speech["kt-hat"]["text"] == "hat"
-    assert speech["tpd-animals-birds-robin"]["text"] == "A robin."
-    assert not any("Default_es" in sid or "Laugh" in sid for sid in speech)
+    words = {r["sample_id"]: r for r in _rows(realsets.build_set(realsets.SETS["spoken-words"], roots,
+                                                                    tmp_path / "words"))}
+    assert words["kt-moon_fallingstar"]["text"] == "falling star" and words["kt-hat"]["text"] == "hat"
+    assert words["tpd-animals-birds-robin_desc"]["text"] == "A robin."
+    assert words["tpd-symbols-math-7_en_GB"]["text"] == "7"
+    out = realsets.build_set(realsets.SETS["spoken-phrases"], roots, tmp_path / "phrases")
+    phrases = {r["sample_id"]: r for r in _rows(out)}
+    assert phrases["hw-British-Comeonthen"]["text"] == "come on then"
+    assert phrases["hw-Pirate-Hello"]["group_id"] == phrases["hw-British-Hello"]["group_id"] == "hello"
+    assert not any("Default_es" in sid or "Laugh" in sid for sid in phrases)
     skipped = json.loads((out / "SOURCE.json").read_text())["skipped"]
     assert skipped["non-verbal clip"] == 1 and skipped["voice pack Surfer missing"] == 1
-    for row in speech.values():
-        wave, rate = sf.read(out / row["audio"])
+    for row in [*words.values(), *phrases.values()]:
+        wave, rate = sf.read((tmp_path / ("words" if row["sample_id"] in words else "phrases")) / row["audio"])
         assert rate == 16000 and len(wave) > 0
 
 
 def test_a_rebuild_gives_the_same_bytes(roots, tmp_path):
     digests = []
     for name in ("a", "b"):
-        out = realsets.build_set(realsets.SETS["spoken-words"], roots, tmp_path / name)
+        out = realsets.build_set(realsets.SETS["spoken-phrases"], roots, tmp_path / name)
         digests.append(sorted((p.relative_to(out).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
                               for p in out.rglob("*") if p.is_file()))
     assert digests[0] == digests[1]

@@ -3,8 +3,9 @@
     python -m benchmarks.realsets.build --out data/realsets [--cache DIR] [SET ...]
 
 Sets: `tuxpaint-images` (image ↔ description, 3-level hierarchy), `tuxpaint-sounds` (sound effect ↔ description,
-same hierarchy), `spoken-words` (speech ↔ what is said). Each is fetched from pinned Debian packages (version and
-sha256 below) and written to `<out>/<set>/`; the same packages give the same bytes.
+same hierarchy), `spoken-words` (speech ↔ what is said), `spoken-phrases` (acted game lines ↔ what they express).
+Each is fetched from pinned Debian packages (version and sha256 below) and written to `<out>/<set>/`; the same
+packages give the same bytes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class RealSet:
 
 
 def _spoken_words(roots: dict[str, Path], builder: SetBuilder) -> None:
-    speech.build_hedgewars(roots[HEDGEWARS.name], builder)
     speech.build_ktuberling(roots[KTUBERLING.name], builder)
     tuxpaint.spoken_descriptions(roots[TUXPAINT.name], builder)
 
@@ -48,7 +48,8 @@ SETS = {
     for s in (
         RealSet("tuxpaint-images", (TUXPAINT,), lambda r, b: tuxpaint.build_images(r[TUXPAINT.name], b)),
         RealSet("tuxpaint-sounds", (TUXPAINT,), lambda r, b: tuxpaint.build_sounds(r[TUXPAINT.name], b)),
-        RealSet("spoken-words", (HEDGEWARS, KTUBERLING, TUXPAINT), _spoken_words),
+        RealSet("spoken-words", (KTUBERLING, TUXPAINT), _spoken_words),
+        RealSet("spoken-phrases", (HEDGEWARS,), lambda r, b: speech.build_hedgewars(r[HEDGEWARS.name], b)),
     )
 }
 

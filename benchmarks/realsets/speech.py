@@ -1,10 +1,12 @@
-"""People speaking words and short phrases, with what they say:
+"""People speaking:
 
-- Hedgewars' English voice packs (Debian `hedgewars-data`): 9 voices (British, Classic, Default, HillBilly, Mobster,
-  Pirate, Robot, Singer, Surfer) acting the same game phrases; the file name names the phrase ("Comeonthen.ogg" →
-  "come on then"), so each phrase is one group of up to 9 speakers. Non-verbal clips (laughs, grunts) are left out.
-- KTuberling's English words (Debian `ktuberling-data`): a speaker naming each object ("umbrella", "pyramid").
-- Tux Paint's spoken English stamp names (`<stem>_desc.ogg`), paired with the stamp's description.
+- `spoken-words` (speech ↔ what is said): KTuberling's English words (Debian `ktuberling-data`, a speaker naming each
+  object: "umbrella", "pyramid") and Tux Paint's spoken English stamp names, letters and numbers (`tuxpaint.py`).
+- `spoken-phrases` (speech ↔ what it expresses, not a transcript): Hedgewars' English voice packs (Debian
+  `hedgewars-data`), 9 characters (British, Classic, Default, HillBilly, Mobster, Pirate, Robot, Singer, Surfer)
+  acting the same game phrases, each in its own words: the file name names the phrase ("Missed.ogg" → "missed", which
+  the British voice says as "It appears your aim is somewhat lacking, sir"), so each phrase is one group of up to 9
+  clips. Non-verbal clips (laughs, grunts) are left out.
 """
 
 from __future__ import annotations

@@ -75,13 +75,18 @@ def build_sounds(root: Path, builder: SetBuilder) -> SetBuilder:
     return builder
 
 
+SPOKEN_ENGLISH = ("_desc.ogg", "_en_GB.ogg", "_en_US.ogg")  # the stamp's name, or its letter or number, said in English
+
+
 def spoken_descriptions(root: Path, builder: SetBuilder) -> SetBuilder:
-    """A person speaking the stamp's name ↔ its English description."""
+    """A person saying the stamp's name (or its letter or number) in English ↔ its English description."""
     folder = root / STAMPS
     for stamp in stamps(folder, builder):
-        desc = stamp.file("_desc.ogg")
-        if desc is None:
-            continue
-        relative = ("audio/tuxpaint" / stamp.stem.with_name(stamp.stem.name + "_desc.ogg")).as_posix()
-        builder.add(f"tpd-{stamp.sample_id}", stamp.description, audio=(relative, desc))
+        for suffix in SPOKEN_ENGLISH:
+            clip = stamp.file(suffix)
+            if clip is None:
+                continue
+            relative = ("audio/tuxpaint" / stamp.stem.with_name(stamp.stem.name + suffix)).as_posix()
+            builder.add(f"tpd-{stamp.sample_id}{suffix.removesuffix('.ogg')}", stamp.description,
+                        audio=(relative, clip))
     return builder

