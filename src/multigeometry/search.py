@@ -43,13 +43,13 @@ def dist_from_tensors(data: dict[str, Any]) -> Distribution:
 
 
 def index_key(model_sha256: str, shards_root: Path, split: str) -> dict[str, str]:
-    """What an index depends on: the model, the split, and the split's shard contents (their sha256s)."""
-    from multigeometry.data.datasets import read_index
+    """What an index depends on: the model, the split, and the split's shard contents (their sha256s). The split's
+    shards must be present with the sizes the shard index records."""
+    from multigeometry.data.shard_index import read_index, verify_split
 
     shards = read_index(shards_root)
-    entry = shards.get("splits", {}).get(split)
-    if entry is None:
-        raise ValueError(f"{shards_root}/index.json: no split {split!r}; has {sorted(shards.get('splits', {}))}")
+    verify_split(shards_root, split, "size")
+    entry = shards["splits"][split]
     data = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
     return {"format": str(INDEX_FORMAT), "model_sha256": model_sha256, "split": split, "data_hash": data}
 
@@ -72,7 +72,7 @@ def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path,
     from multigeometry.evaluation.embed import embed_split
     from multigeometry.io import atomic_dir
 
-    emb = embed_split(trained, shards_root, split, batch_size)
+    emb = embed_split(trained, shards_root, split, batch_size, verify="size")
     index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists)
     with atomic_dir(out) as staging:
         torch.save({m: {"rows": index.rows[m], **dist_to_tensors(index.dists[m])} for m in index.dists},

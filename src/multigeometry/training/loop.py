@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from multigeometry.config import Params
 from multigeometry.data.collate import load_tokenizer
-from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.data.datasets import IterableStylePairDataset, make_loader
+from multigeometry.data.shard_index import read_index
 from multigeometry.distributed import local_only
 from multigeometry.inference import needs_tokens
 from multigeometry.io import write_json_atomic
