@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 STAGES: dict[str, tuple[str, str]] = {
+    "fingerprint": ("multigeometry.stages.fingerprint", "Fingerprint the files behind data.source (re-runs prepare)."),
     "prepare": ("multigeometry.stages.prepare", "Raw pairs from data.source into data/raw/<dataset>/."),
     "validate": ("multigeometry.stages.validate", "Check the raw manifest and media; quarantine bad rows."),
     "shard": ("multigeometry.stages.shard", "WebDataset shards per split with audio and pretrained features."),

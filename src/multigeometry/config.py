@@ -148,10 +148,12 @@ class ValidateConfig:
     text_min_chars: int = bounded(1, min=1)
     text_max_chars: int = bounded(2000, min=1)
     image_min_side: int = bounded(32, min=1)
+    image_max_pixels: int = bounded(89_478_485, min=1)  # refused from the header, before decoding (Pillow's default)
     audio_sample_rates: tuple[int, ...] = _list([16000, 22050, 24000, 32000, 44100, 48000])
     audio_min_seconds: float = bounded(0.2, min=0.0)
     audio_max_seconds: float = bounded(30.0, min=0.0)
     audio_min_rms: float = bounded(1e-4, min=0.0)
+    code_max_bytes: int = bounded(1_000_000, min=1)  # larger source files are quarantined unread
     data_docs: bool = True
 
 

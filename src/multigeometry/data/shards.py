@@ -119,13 +119,16 @@ def plan_shards(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def image_member(path: Path, max_side: int) -> tuple[str, bytes]:
-    """The image as the source encoded it; re-encoded (same format) only when larger than `max_side`."""
+def image_member(path: Path, max_side: int, max_pixels: int) -> tuple[str, bytes]:
+    """The image as the source encoded it; re-encoded (same format) only when larger than `max_side`. Decoded by
+    `readers.read_image` within `max_pixels`, as the validate stage decodes it."""
     from PIL import Image
+
+    from multigeometry.data.readers import read_image
 
     ext = IMAGE_EXTENSIONS.get(path.suffix.lower().lstrip("."))
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
+    with read_image(data, max_pixels, path) as image:
         fmt = image.format
         if ext is None:
             ext = "png" if fmt == "PNG" else "jpg"
@@ -203,34 +206,13 @@ def one_torch_thread() -> Iterator[None]:
 
 def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: FeatureModels) -> list[dict[str, Any]]:
     """The WebDataset members of each row: raw media, log-mel features, pretrained features and meta.json."""
-    from PIL import Image
-
-    from multigeometry.data.audio import load_audio, log_mel
-
     samples: list[dict[str, Any]] = [{"__key__": sample_key(r["sample_id"])} for r in rows]
     inputs: dict[str, list[Any]] = {m: [] for m in models.modalities}
     for sample, row in zip(samples, rows, strict=True):
-        if isinstance(row.get("image"), str):
-            name, data = image_member(raw_root / row["image"], params.shard.max_image_side)
-            sample[name] = data
-            if "image" in inputs:
-                inputs["image"].append(Image.open(io.BytesIO(data)).convert("RGB"))
-        if isinstance(row.get("text"), str):
-            sample["text.txt"] = row["text"].encode()
-            if "text" in inputs:
-                inputs["text"].append(row["text"])
-        if isinstance(row.get("code"), str):
-            source = (raw_root / row["code"]).read_text(encoding="utf-8")
-            sample["code.py"] = source.encode()
-            if "code" in inputs:
-                inputs["code"].append(source)
-        if isinstance(row.get("audio"), str):
-            wave = load_audio(raw_root / row["audio"], params.audio)
-            sample["audio.flac"] = flac_bytes(wave, params.audio.sample_rate)
-            sample["audio.feat.npy"] = npy_bytes(log_mel(wave, params.audio).astype(np.float32))
-            if "audio" in inputs:
-                inputs["audio"].append(wave)
-        sample["meta.json"] = json.dumps(meta_of(row), sort_keys=True).encode()
+        try:
+            _raw_members(sample, row, raw_root, params, inputs)
+        except Exception as e:  # validation decodes with the same functions; this is a file changed since
+            raise ValueError(f"{raw_root}: sample {row['sample_id']!r}: {type(e).__name__}: {e}") from e
 
     for modality in models.modalities:
         owners = [i for i, row in enumerate(rows) if isinstance(row.get(modality), str)]
@@ -251,6 +233,37 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
 
 
 TEXT_LIST_COLUMNS = ("hierarchy", "parts")
+
+
+def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Params, inputs: dict[str, list]) -> None:
+    """The row's media members into `sample`, and each modality's decoded input for the feature models."""
+    from PIL import Image
+
+    from multigeometry.data.audio import load_audio, log_mel
+    from multigeometry.data.readers import read_code
+
+    if isinstance(row.get("image"), str):
+        name, data = image_member(raw_root / row["image"], params.shard.max_image_side,
+                                  params.validate.image_max_pixels)
+        sample[name] = data
+        if "image" in inputs:
+            inputs["image"].append(Image.open(io.BytesIO(data)).convert("RGB"))
+    if isinstance(row.get("text"), str):
+        sample["text.txt"] = row["text"].encode()
+        if "text" in inputs:
+            inputs["text"].append(row["text"])
+    if isinstance(row.get("code"), str):
+        source = read_code(raw_root / row["code"], params.validate.code_max_bytes)
+        sample["code.py"] = source.encode()
+        if "code" in inputs:
+            inputs["code"].append(source)
+    if isinstance(row.get("audio"), str):
+        wave = load_audio(raw_root / row["audio"], params.audio)
+        sample["audio.flac"] = flac_bytes(wave, params.audio.sample_rate)
+        sample["audio.feat.npy"] = npy_bytes(log_mel(wave, params.audio).astype(np.float32))
+        if "audio" in inputs:
+            inputs["audio"].append(wave)
+    sample["meta.json"] = json.dumps(meta_of(row), sort_keys=True).encode()
 
 
 def _text_list_features(samples: list[dict[str, Any]], rows: Sequence[dict], column: str, models: FeatureModels) -> None:

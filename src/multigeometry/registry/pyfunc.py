@@ -9,7 +9,6 @@ to point at these copies, so a loaded model never asks the hub or the catalogue'
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -23,6 +22,9 @@ import torch
 
 from multigeometry.config import MODALITIES
 from multigeometry.inference import TrainedModel, load_trained, needs_tokens
+from multigeometry.io import sha256_file
+
+__all__ = ["MultigeometryModel", "build_package", "load_package", "log_pyfunc", "sha256_file", "unwrap"]
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,6 @@ REQUIREMENTS = ("torch", "torchvision", "transformers", "mlflow", "pandas", "num
 
 class PackagingError(RuntimeError):
     """A model part that cannot be packaged to load offline."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_copy(name: str, where: str) -> Path:
