@@ -134,8 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParamsError as e:
         print(f"multigeometry: bad params: {e}", file=sys.stderr)
         return 2
+    from multigeometry.processes import Terminated, sigterm_raises
+
     try:
-        args.run(params, args) if getattr(args, "pass_args", False) else args.run(params)
+        with sigterm_raises():  # SIGTERM unwinds the stage: staging folders removed, workers stopped, runs closed
+            args.run(params, args) if getattr(args, "pass_args", False) else args.run(params)
+    except Terminated as e:
+        print(f"multigeometry {args.command}: {e}; nothing half-written was kept", file=sys.stderr)
+        return 128 + 15
     except Exception as e:  # a stage failure: say which stage and why, without a wall of traceback
         logging.getLogger("multigeometry").debug("stage failed", exc_info=True)
         print(f"multigeometry {args.command}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -381,8 +381,12 @@ def write_shard(plan: ShardPlan, out_dir: Path, raw_root: Path, params: Params, 
 _WORKER_MODELS: FeatureModels | None = None
 
 
-def _init_worker(params: Params) -> None:
+def _init_worker(params: Params, parent: int | None = None) -> None:
     global _WORKER_MODELS
+    if parent is not None:  # a pool worker must not outlive the stage that started it (kill -9 included)
+        from multigeometry.processes import exit_with_parent
+
+        exit_with_parent(parent)
     _WORKER_MODELS = FeatureModels(params)
 
 
@@ -395,11 +399,14 @@ def _write_in_worker(args: tuple[ShardPlan, Path, Path, Params]) -> ShardResult:
 def write_shards_with_pool(
     plans: Sequence[ShardPlan], out_dir: Path, raw_root: Path, params: Params
 ) -> list[ShardResult]:
-    """Write every planned shard with `shard.workers` processes; results in plan order."""
+    """Write every planned shard with `shard.workers` processes; results in plan order. Workers exit when this
+    process dies, and are killed at once when it fails or is terminated."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
+
+    from multigeometry.processes import terminate_pool
 
     workers = min(params.shard.workers, len(plans)) or 1
     jobs = [(plan, out_dir, raw_root, params) for plan in plans]
@@ -412,13 +419,17 @@ def write_shards_with_pool(
                 progress.update(results[i].samples)
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch threads started can deadlock
-            with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=(params,)
-            ) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(params, os.getpid()))
+            try:
                 futures = {pool.submit(_write_in_worker, job): i for i, job in enumerate(jobs)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     progress.update(results[futures[future]].samples)
+            except BaseException:  # an error, Ctrl-C or SIGTERM: nothing keeps running behind the failed stage
+                terminate_pool(pool)
+                raise
+            pool.shutdown()
     return [results[i] for i in range(len(jobs))]
 
 
