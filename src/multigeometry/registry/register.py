@@ -31,14 +31,13 @@ def tracking_uri(params: Params, root: Path) -> str:
 
 
 def connect(uri: str) -> Any:
-    """An MlflowClient on `uri`, with the SQLite busy timeout the training tracker uses."""
+    """An MlflowClient on `uri`, with the SQLite schema lock and busy timeout the training tracker uses."""
     import mlflow
     from mlflow import MlflowClient
 
-    from multigeometry.training.tracking import configure_sqlite_busy_timeout
+    from multigeometry.training.tracking import ensure_store
 
-    if uri.startswith("sqlite:"):
-        configure_sqlite_busy_timeout()
+    ensure_store(uri)  # a fresh SQLite store gets its schema once, under a lock
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

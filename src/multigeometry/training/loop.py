@@ -34,8 +34,9 @@ from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import models_dir, shards_dir
 from multigeometry.training.checkpoint import (
-    load_checkpoint,
-    resolve_resume,
+    check_resumable,
+    load_resume,
+    remove_stale_temps,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -147,23 +148,39 @@ class Trainer:
         self.step = 0
         self.best: float | None = None
         self.history: list[dict[str, float]] = []
+        self.run_id: str | None = None  # the MLflow run, recorded in checkpoints so that a resumed run continues it
 
     # -----------------------------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        resume = resolve_resume(self.cfg.resume, self.checkpoints)
-        rng_after_skip = self._restore(resume) if resume is not None else None
+        from multigeometry.processes import Terminated
+
+        if self.rt.is_main:
+            remove_stale_temps(self.checkpoints)
+        resumed = load_resume(self.cfg.resume, self.checkpoints)
+        rng_after_skip, resume_run_id = None, None
+        if resumed is not None:
+            path, state = resumed
+            check_resumable(path, state, self.params.to_dict())
+            rng_after_skip = self._restore(path, state)
+            resume_run_id = state.get("mlflow_run_id")
         tracker = Tracker(
             self.rt.is_main,
             self.cfg.tracking_uri or default_tracking_uri(self.root),
             self.cfg.experiment,
             self.cfg.run_name,
+            run_dir=self.out,
+            resume_run_id=resume_run_id,
         )
+        self.run_id = tracker.run_id
         try:
             tracker.params(self.params.to_dict())
             tracker.system(system_info(self.rt.device, self.rt.world_size))
             self._loop(tracker, rng_after_skip)
             final = self._finish(tracker)
+        except (Terminated, KeyboardInterrupt):
+            tracker.finish("KILLED")
+            raise
         except BaseException:
             tracker.finish("FAILED")
             raise
@@ -260,6 +277,8 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "world_size": self.rt.world_size,
+            "params": self.params.to_dict(),
+            "mlflow_run_id": self.run_id,
         }
 
     def _checkpoint(self) -> None:
@@ -270,8 +289,7 @@ class Trainer:
         if self.rt.world_size > 1:
             dist.barrier()
 
-    def _restore(self, path: Path) -> dict[str, Any]:
-        state = load_checkpoint(path)
+    def _restore(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
         if state["world_size"] != self.rt.world_size:
             raise ValueError(f"{path}: saved by {state['world_size']} rank(s), resumed with {self.rt.world_size}")
         self.module.load_state_dict(state["model"])
