@@ -86,7 +86,7 @@ def _embed(params: object, args: argparse.Namespace) -> None:
 
     from multigeometry.registry.tools import embed_one, format_summary, load_registered, one_record
 
-    record = one_record(args.text, args.image, args.audio, args.code)
+    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
     row = embed_one(load_registered(params, args.model), record)  # type: ignore[arg-type]
     sys.stdout.write((json.dumps(row) if args.json else format_summary(row)) + "\n")
 
@@ -99,7 +99,7 @@ def _search(params: object, args: argparse.Namespace) -> None:
     if args.k is not None and args.k < 1:
         raise ValueError(f"-k {args.k}: must be >= 1")
     cfg = params.registry  # type: ignore[attr-defined]
-    record = one_record(args.text, args.image, args.audio, args.code)
+    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
     model = load_registered(params, args.model)  # type: ignore[arg-type]
     rows, built = run_search(params, model, args.index, record, args.k or cfg.search_k,  # type: ignore[arg-type]
                              args.split or cfg.search_split, args.target)

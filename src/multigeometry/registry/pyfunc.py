@@ -128,15 +128,26 @@ def load_package(folder: Path, device: torch.device | str = "cpu") -> TrainedMod
     return trained
 
 
-def frame_records(frame: Any) -> list[dict[str, Any]]:
-    """A DataFrame's rows as dicts of the modality columns; other columns are an error naming them."""
+def frame_records(frame: Any, accepted: list[str] | None = None) -> list[dict[str, Any]]:
+    """A DataFrame's rows as dicts of the modality columns; other columns are an error naming them, and so is an
+    input with none of the `accepted` columns or no rows (MLflow's signature check drops unknown columns, such as
+    `caption` or a plain list's `0`, before the model sees them: what is left is empty)."""
     import pandas as pd
 
+    from multigeometry.registry.inputs import InputError
+
+    accepted = accepted or list(MODALITIES)
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
     unknown = [c for c in frame.columns if c not in MODALITIES]
     if unknown:
-        raise ValueError(f"input columns {unknown} are not modalities; allowed: {', '.join(MODALITIES)}")
+        raise InputError(f"input columns {unknown} are not modalities; allowed: {', '.join(MODALITIES)}")
+    if len(frame.columns) == 0 or len(frame) == 0:  # other modalities are named row by row by the embedder
+        what = "no rows" if len(frame.columns) else "none of the columns this model accepts"
+        raise InputError(
+            f"nothing to embed: the input has {what}; give a DataFrame with rows in any of {', '.join(accepted)}, "
+            "e.g. pd.DataFrame({'text': [...]}) (any other column, such as 'caption', or a plain list is dropped by "
+            "the model's signature)")
     return [{k: v for k, v in row.items()} for row in frame.to_dict("records")]
 
 
@@ -177,7 +188,7 @@ class MultigeometryModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
         if self.embedder is None:
             raise RuntimeError("MultigeometryModel: not loaded")
-        records = frame_records(model_input)
+        records = frame_records(model_input, self.trained.modalities)
         return output_frame(self.trained, self.embedder.embed(records), len(records))
 
     def __getstate__(self) -> dict[str, Any]:  # pickled empty: everything comes back from the package artifact
