@@ -80,10 +80,12 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous(project, caplo
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     stale = out / "checkpoints" / ".step-00000006.pt.x1y2.tmp"
     stale.write_bytes(b"half a checkpoint")
+    stale_model = out / ".model.pt.k3j4.tmp"
+    stale_model.write_bytes(b"half a model")
     with caplog.at_level(logging.WARNING, logger="multigeometry.training.checkpoint"):
         train_model(params_from_dict(raw(resume="latest", epochs=5)), root)
     assert f"{latest}: unreadable checkpoint" in caplog.text and "falling back to the previous one" in caplog.text
-    assert not stale.exists()
+    assert not stale.exists() and not stale_model.exists()
     history = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5]  # steps 3 and 4 trained again from step 2
 
@@ -144,6 +146,24 @@ def test_an_abandoned_running_run_is_ended_as_killed(project):
     assert client.get_run(abandoned).info.status == "KILLED"
     assert client.get_run(other).info.status == "RUNNING"  # another training's run is left alone
     assert {r.info.status for r in _runs_of(root, out)} == {"KILLED", "FINISHED"}
+
+
+def test_a_terminated_training_ends_its_run_as_killed(project, monkeypatch):
+    """SIGTERM (which the CLI turns into `Terminated`, as the shard kill test shows) arriving mid-training."""
+    from multigeometry.processes import Terminated
+    from multigeometry.training.loop import Trainer
+
+    root, raw = project
+    params = params_from_dict(raw(run_name="terminated", epochs=1))
+
+    def interrupted(self, tracker, rng_after_skip):
+        raise Terminated("terminated by signal SIGTERM")
+
+    monkeypatch.setattr(Trainer, "_loop", interrupted)
+    with pytest.raises(Terminated):
+        train_model(params, root)
+    (run,) = _runs_of(root, models_dir(params, root))
+    assert run.info.status == "KILLED"
 
 
 CONCURRENT = """

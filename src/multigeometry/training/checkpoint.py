@@ -157,11 +157,13 @@ def check_resumable(path: Path, state: dict[str, Any], current: dict[str, Any]) 
             "resume: restore the others, or start a new run (train.resume: '' or another train.run_name)")
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Half-written checkpoints (`.step-*.tmp`) that a killed run left behind."""
-    folder = Path(folder)
-    stale = sorted(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Files a killed run left half-written in its folder: checkpoints (`checkpoints/.step-*.tmp`) and the atomic
+    writes' temporary files of the model, the best model, metrics and plots (`.<name>.<random>.tmp`)."""
+    run_dir = Path(run_dir)
+    folders = [run_dir / "checkpoints", run_dir, run_dir / "best", run_dir / "metrics", run_dir / "plots"]
+    stale = sorted(p for f in folders if f.is_dir() for p in f.glob(".*.tmp") if p.is_file())
     for path in stale:
         path.unlink(missing_ok=True)
-        log.info("removed %s, a checkpoint a killed run left half-written", path)
+        log.info("removed %s, a file a killed run left half-written", path)
     return stale

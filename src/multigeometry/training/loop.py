@@ -156,7 +156,7 @@ class Trainer:
         from multigeometry.processes import Terminated
 
         if self.rt.is_main:
-            remove_stale_temps(self.checkpoints)
+            remove_stale_temps(self.out)
         resumed = load_resume(self.cfg.resume, self.checkpoints)
         rng_after_skip, resume_run_id = None, None
         if resumed is not None:
