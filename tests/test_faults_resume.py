@@ -26,29 +26,35 @@ from tests.conftest import tiny_trained_raw
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module's trainings (its schema is made once; runs are told apart by folder)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('resume_store').resolve() / 'mlflow.db'}"
+
+
 @pytest.fixture()
-def project(tiny_trained, tmp_path):
-    """The tiny world's shards in a fresh root with its own SQLite store: a function that gives raw params."""
+def project(tiny_trained, tmp_path, store):
+    """The tiny world's shards in a fresh root: (root, a function that gives raw params)."""
     params, source = tiny_trained
     shutil.copytree(shards_dir(params, source), shards_dir(params, tmp_path))
 
     def raw(run_name: str = "r", **train: object) -> dict:
         base = tiny_trained_raw(tmp_path, run_name=run_name, epochs=4, checkpoint_every=2, keep_checkpoints=5,
-                                val_every=100, log_every=1)
+                                val_every=100, log_every=1, tracking_uri=store)
         base["train"].update(train)
         return base
 
     return tmp_path, raw
 
 
-def _client(root: Path):
+def _client(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=uri)
 
 
-def _runs_of(root: Path, run_dir: Path) -> list:
-    client = _client(root)
+def _runs_of(uri: str, run_dir: Path) -> list:
+    client = _client(uri)
     experiment = client.get_experiment_by_name("multigeometry")
     return [r for r in client.search_runs([experiment.experiment_id])
             if r.data.tags.get(RUN_DIR_TAG) == str(run_dir.resolve())]
@@ -116,13 +122,14 @@ def test_a_killed_run_is_continued_as_one_mlflow_run(project, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    (run,) = _runs_of(root, out)
+    uri = long["train"]["tracking_uri"]
+    (run,) = _runs_of(uri, out)
     assert run.info.status == "RUNNING"  # what kill -9 leaves
     resumed = params_from_dict(raw(run_name="killed", epochs=8, resume="latest"))
     train_model(resumed, root)
-    (after,) = _runs_of(root, out)
+    (after,) = _runs_of(uri, out)
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
-    steps = {m.step for m in _client(root).get_metric_history(run.info.run_id, "train/loss")}
+    steps = {m.step for m in _client(uri).get_metric_history(run.info.run_id, "train/loss")}
     assert steps == set(range(1, 9))
     assert after.data.tags["resumed.train.epochs"] == "8"
 
@@ -131,12 +138,12 @@ def test_an_abandoned_running_run_is_ended_as_killed(project):
     root, raw = project
     params = params_from_dict(raw(run_name="fresh", epochs=1))
     out = models_dir(params, root)
-    client = _client(root)
     import mlflow
 
     from multigeometry.training.tracking import ensure_experiment, ensure_store
 
     uri = params.train.tracking_uri
+    client = _client(uri)
     ensure_store(uri)
     mlflow.set_tracking_uri(uri)
     experiment = ensure_experiment("multigeometry", uri)
@@ -145,7 +152,7 @@ def test_an_abandoned_running_run_is_ended_as_killed(project):
     train_model(params, root)  # no checkpoint: a fresh start
     assert client.get_run(abandoned).info.status == "KILLED"
     assert client.get_run(other).info.status == "RUNNING"  # another training's run is left alone
-    assert {r.info.status for r in _runs_of(root, out)} == {"KILLED", "FINISHED"}
+    assert {r.info.status for r in _runs_of(uri, out)} == {"KILLED", "FINISHED"}
 
 
 def test_a_terminated_training_ends_its_run_as_killed(project, monkeypatch):
@@ -162,7 +169,7 @@ def test_a_terminated_training_ends_its_run_as_killed(project, monkeypatch):
     monkeypatch.setattr(Trainer, "_loop", interrupted)
     with pytest.raises(Terminated):
         train_model(params, root)
-    (run,) = _runs_of(root, models_dir(params, root))
+    (run,) = _runs_of(params.train.tracking_uri, models_dir(params, root))
     assert run.info.status == "KILLED"
 
 
@@ -183,11 +190,13 @@ trainer.run()
 def test_two_trainings_started_at_once_on_a_fresh_store_are_both_recorded(project, tmp_path):
     """Both processes build their trainer, then start at the same instant on a store that does not exist yet."""
     root, raw = project
+    fresh = tmp_path / "fresh" / "mlflow.db"
+    uri = f"sqlite:///{fresh}"
     go = tmp_path / "go"
     procs = []
     for name in ("one", "two"):
         params_file = tmp_path / f"{name}.yaml"
-        params_file.write_text(yaml.safe_dump(raw(run_name=name, max_steps=2, checkpoint_every=2)))
+        params_file.write_text(yaml.safe_dump(raw(run_name=name, max_steps=2, checkpoint_every=2, tracking_uri=uri)))
         procs.append(subprocess.Popen([sys.executable, "-c", CONCURRENT, str(params_file), str(root), str(go),
                                        str(tmp_path / f"{name}.ready")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
@@ -196,10 +205,10 @@ def test_two_trainings_started_at_once_on_a_fresh_store_are_both_recorded(projec
         assert time.time() < deadline and all(p.poll() is None for p in procs), \
             [p.communicate()[1] for p in procs if p.poll() is not None]
         time.sleep(0.05)
-    assert not (root / "mlflow.db").exists()
+    assert not fresh.exists()
     go.touch()
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     for name in ("one", "two"):
-        (run,) = _runs_of(root, models_dir(params_from_dict(raw(run_name=name)), root))
+        (run,) = _runs_of(uri, models_dir(params_from_dict(raw(run_name=name)), root))
         assert run.info.status == "FINISHED"
