@@ -157,7 +157,8 @@ def decode_inputs(params: Params, root: Path) -> tuple[list[Chunk], Any, float]:
         chunk: Chunk = {m: [] for m in MODELS}
         for row in p.rows:
             if isinstance(row.get("image"), str):
-                _, data = image_member(raw / row["image"], params.shard.max_image_side)
+                _, data = image_member(raw / row["image"], params.shard.max_image_side,
+                                       params.validate.image_max_pixels)
                 chunk["image"].append(Image.open(io.BytesIO(data)).convert("RGB"))
             if isinstance(row.get("text"), str):
                 chunk["text"].append(row["text"])

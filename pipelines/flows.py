@@ -1,7 +1,9 @@
 """The pipeline as a Prefect flow: one task per stage, calling the stage functions of `multigeometry.stages`.
 
 - Caching: a stage's key is its dvc.yaml params sections and the content of its deps (`stage_cache.stage_key`), so a
-  re-run with nothing changed runs no stage, and a training knob re-runs train, evaluate and register only.
+  re-run with nothing changed runs no stage, and a training knob re-runs train, evaluate and register only. Before
+  them the `fingerprint` task (never cached, as DVC's always-changed stage) records the files behind `data.source`,
+  which prepare's key includes through its deps.
 - Retries with exponential backoff on prepare and register (`orchestration.retries`, `orchestration.retry_delay_s`);
   a failure is a `StageFailed` that names the stage and its cause.
 - Shards are written by a Dask fan-out (`fanout.dask_writer`); training runs under torchrun (`launch.run_train`).
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 
@@ -25,6 +28,7 @@ from multigeometry.config import Params, load_params
 from pipelines.stage_cache import load_stage, missing_outputs, stage_key
 
 STAGES = ("prepare", "validate", "shard", "train", "evaluate", "register")
+FINGERPRINT = "fingerprint"  # runs first, every time; not one of the cached STAGES
 RETRIED = ("prepare", "register")  # the stages that touch the outside world (a dataset source, the model registry)
 
 
@@ -54,7 +58,7 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     return stage_key(context.task.name, params, Path(inputs["root"]))
 
 
-def _stage_task(name: str) -> Task[..., str]:
+def _stage_task(name: str, cached: bool = True) -> Task[..., str]:
     def run(params_file: str, overrides: list[str], root: str) -> str:
         params = load_params(params_file, overrides)
         try:
@@ -64,10 +68,13 @@ def _stage_task(name: str) -> Task[..., str]:
         return str(out)
 
     run.__name__ = run.__qualname__ = f"{name}_stage"  # a distinct task key per stage
+    if not cached:
+        return task(run, name=name, cache_policy=NO_CACHE)
     return task(run, name=name, cache_key_fn=_cache_key, persist_result=True)
 
 
 STAGE_TASKS: dict[str, Task[..., str]] = {name: _stage_task(name) for name in STAGES}
+FINGERPRINT_TASK = _stage_task(FINGERPRINT, cached=False)
 
 
 def _with_retries(stage: Task[..., str], params: Params) -> Task[..., str]:
@@ -80,14 +87,14 @@ def _with_retries(stage: Task[..., str], params: Params) -> Task[..., str]:
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
              force: bool = False) -> dict[str, Any]:
     """Run the six stages in order on `params_file` with `overrides` (dotted `key=value`, as `--set`) in the project
-    folder `root`. Stages whose params and inputs are unchanged come from the cache; `force` re-runs every one.
-    Returns each stage's output path and which stages ran or were cached."""
+    folder `root`, after fingerprinting the source. Stages whose params and inputs are unchanged come from the cache;
+    `force` re-runs every one. Returns each stage's output path and which of the six ran or were cached."""
     logger = get_run_logger()
     overrides = list(overrides or [])
     params_path = Path(params_file).resolve()
     params = load_params(params_path, overrides)  # a bad params file fails the run here, before any stage
     folder = str(Path(root).resolve())
-    outputs: dict[str, str] = {}
+    outputs: dict[str, str] = {FINGERPRINT: FINGERPRINT_TASK(str(params_path), overrides, folder)}
     ran: list[str] = []
     cached: list[str] = []
     for name in STAGES:

@@ -28,7 +28,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
+    """The stages a repro ran, leaving out `fingerprint` (always run, it reads the files behind data.source)."""
+    return [s for s in re.findall(r"Running stage '([\w-]+)'", output) if s != "fingerprint"]
 
 
 def _set(repo: Path, key: str, value) -> None:
@@ -114,6 +115,7 @@ def repo_copy(tmp_path: Path) -> Path:
 def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, prefect_harness):
     first = _run(["dvc", "repro"], repo_copy)
     assert _ran(first) == ["prepare", "validate", "shard", "train", "evaluate", "register"]
+    assert "Running stage 'fingerprint'" in first
     assert (repo_copy / "data/validated/world/manifest.parquet").is_file()
     index = json.loads((repo_copy / "data/shards/world/index.json").read_text())
     assert sum(split["samples"] for split in index["splits"].values()) == 10
@@ -151,3 +153,22 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
 
     metrics = _run(["dvc", "metrics", "show"], repo_copy)
     assert "rows_passed" in metrics and "11" in metrics
+
+
+def test_an_edited_source_folder_reruns_prepare(repo_copy: Path, tmp_path: Path):
+    """A `folder:` source lives outside the workspace: the fingerprint stage reads it on every repro, so editing its
+    pairs file re-runs prepare, and an unchanged folder re-runs nothing."""
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"sample_id": f"s{i}", "text": f"caption {i}"}) + "\n" for i in range(4)))
+    _set(repo_copy, "data.source", f"folder:{folder}")
+    _set(repo_copy, "data.dataset", "mydata")
+    assert _ran(_run(["dvc", "repro", "prepare"], repo_copy)) == ["prepare"]
+    assert _ran(_run(["dvc", "repro", "prepare"], repo_copy)) == []
+    pairs.write_text(pairs.read_text().replace("caption 3", "an edited caption"))
+    assert _ran(_run(["dvc", "repro", "prepare"], repo_copy)) == ["prepare"]
+    import pandas as pd
+
+    texts = set(pd.read_parquet(repo_copy / "data/raw/mydata/manifest.parquet")["text"])
+    assert "an edited caption" in texts and "caption 3" not in texts

@@ -57,6 +57,24 @@ def test_dep_content_changes_the_key_and_missing_outputs_are_listed(tmp_path):
     assert missing_outputs(load_stage("shard", params), tmp_path) == []
 
 
+def test_an_edited_source_folder_changes_the_prepare_key(tmp_path):
+    """The fingerprint stage records the files behind `folder:`; prepare's key includes them through its deps."""
+    from multigeometry.stages.fingerprint import fingerprint
+
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "pairs.jsonl").write_text('{"sample_id": "a", "text": "a red circle"}\n')
+    params = params_from_dict({"data": {"source": f"folder:{folder}", "dataset": "mydata"}})
+    assert "data/sources/mydata.json" in load_stage("prepare", params).deps
+    fingerprint(params, tmp_path)
+    before = stage_key("prepare", params, tmp_path)
+    fingerprint(params, tmp_path)
+    assert stage_key("prepare", params, tmp_path) == before  # nothing changed: prepare stays cached
+    (folder / "pairs.jsonl").write_text('{"sample_id": "a", "text": "a blue square"}\n')
+    fingerprint(params, tmp_path)
+    assert stage_key("prepare", params, tmp_path) != before
+
+
 def test_train_command_is_dvc_yamls_or_the_launcher(tmp_path):
     params = params_from_dict({"train": {"nproc": 2}})
     command = train_command(params, tmp_path / "p.yaml", ["train.lr=0.1"])
@@ -95,7 +113,8 @@ def test_retries_then_a_failure_that_names_the_stage(prefect_harness, monkeypatc
     params_file.write_text(yaml.safe_dump({"orchestration": {"retries": 2, "retry_delay_s": 0.0}}))
     with pytest.raises(flows.StageFailed, match=r"stage 'validate' failed: ValueError: too many bad rows"):
         flows.pipeline(str(params_file), [], str(tmp_path))
-    assert calls == ["prepare", "prepare", "validate"]  # prepare retried once; validate has no retries
+    # the source fingerprinted first; prepare retried once; validate has no retries
+    assert calls == ["fingerprint", "prepare", "prepare", "validate"]
 
 
 def test_the_cli_never_imports_prefect():

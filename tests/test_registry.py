@@ -284,12 +284,29 @@ def test_pyfunc_loads_the_packaged_models_and_reads_bytes(registered, champion):
     ({"code": ["print(1)"]}, "column 'code': this model embeds only"),
     ({"image": ["/no/such/file.png"]}, "no such file"),
     ({"image": [b"not an image"]}, "row 0"),
+    ({"text": []}, "nothing to embed: the input has no rows"),
 ])
 def test_pyfunc_names_bad_inputs(champion, frame, message):
     import pandas as pd
 
     with pytest.raises(ValueError, match=message):
         champion.predict(None, pd.DataFrame(frame))
+
+
+@pytest.mark.parametrize("given", [{"caption": ["a red circle"]}, ["a red circle", "a blue square"]])
+def test_the_served_model_refuses_input_without_an_accepted_column(registered, given):
+    """Through MLflow's loader, which drops columns outside the signature before the model sees them: no silent
+    empty result, an error naming the accepted columns."""
+    import mlflow
+    import pandas as pd
+
+    from multigeometry.registry.inputs import InputError
+
+    model = mlflow.pyfunc.load_model("models:/tiny-model@champion")
+    frame = pd.DataFrame(given) if isinstance(given, dict) else given
+    with pytest.raises(InputError, match=r"nothing to embed: the input has (no rows|none of the columns this model "
+                                         r"accepts); give a DataFrame with rows in any of audio, image, text"):
+        model.predict(frame)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

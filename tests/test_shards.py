@@ -158,10 +158,12 @@ def test_pickle_members_are_refused(tmp_path, sharded):
 
     bad_root = tmp_path / "bad"
     (bad_root / "train").mkdir(parents=True)
-    write_tar(bad_root / "train" / "shard-000000.tar",
-              [{"__key__": "x", "meta.json": b'{"sample_id": "x", "group_id": "x"}', "evil.pyd": b"cos\nsystem\n"}])
-    (bad_root / INDEX).write_text(json.dumps(
-        {"splits": {"train": {"samples": 1, "shards": [{"name": "shard-000000.tar", "samples": 1}]}}}))
+    tar = bad_root / "train" / "shard-000000.tar"
+    write_tar(tar, [{"__key__": "x", "meta.json": b'{"sample_id": "x", "group_id": "x"}',
+                     "evil.pyd": b"cos\nsystem\n"}])
+    data = tar.read_bytes()
+    (bad_root / INDEX).write_text(json.dumps({"splits": {"train": {"samples": 1, "shards": [
+        {"name": "shard-000000.tar", "samples": 1, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}}}))
     dataset = IterableStylePairDataset(bad_root, "train", params)
     with pytest.raises(UnsafeMemberError, match=r"shard-000000.tar: sample 'x': member 'evil.pyd' needs pickle"):
         next(iter(dataset))

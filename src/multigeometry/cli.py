@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 STAGES: dict[str, tuple[str, str]] = {
+    "fingerprint": ("multigeometry.stages.fingerprint", "Fingerprint the files behind data.source (re-runs prepare)."),
     "prepare": ("multigeometry.stages.prepare", "Raw pairs from data.source into data/raw/<dataset>/."),
     "validate": ("multigeometry.stages.validate", "Check the raw manifest and media; quarantine bad rows."),
     "shard": ("multigeometry.stages.shard", "WebDataset shards per split with audio and pretrained features."),
@@ -85,7 +86,7 @@ def _embed(params: object, args: argparse.Namespace) -> None:
 
     from multigeometry.registry.tools import embed_one, format_summary, load_registered, one_record
 
-    record = one_record(args.text, args.image, args.audio, args.code)
+    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
     row = embed_one(load_registered(params, args.model), record)  # type: ignore[arg-type]
     sys.stdout.write((json.dumps(row) if args.json else format_summary(row)) + "\n")
 
@@ -98,7 +99,7 @@ def _search(params: object, args: argparse.Namespace) -> None:
     if args.k is not None and args.k < 1:
         raise ValueError(f"-k {args.k}: must be >= 1")
     cfg = params.registry  # type: ignore[attr-defined]
-    record = one_record(args.text, args.image, args.audio, args.code)
+    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
     model = load_registered(params, args.model)  # type: ignore[arg-type]
     rows, built = run_search(params, model, args.index, record, args.k or cfg.search_k,  # type: ignore[arg-type]
                              args.split or cfg.search_split, args.target)
@@ -133,8 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParamsError as e:
         print(f"multigeometry: bad params: {e}", file=sys.stderr)
         return 2
+    from multigeometry.processes import Terminated, sigterm_raises
+
     try:
-        args.run(params, args) if getattr(args, "pass_args", False) else args.run(params)
+        with sigterm_raises():  # SIGTERM unwinds the stage: staging folders removed, workers stopped, runs closed
+            args.run(params, args) if getattr(args, "pass_args", False) else args.run(params)
+    except Terminated as e:
+        print(f"multigeometry {args.command}: {e}; nothing half-written was kept", file=sys.stderr)
+        return 128 + 15
     except Exception as e:  # a stage failure: say which stage and why, without a wall of traceback
         logging.getLogger("multigeometry").debug("stage failed", exc_info=True)
         print(f"multigeometry {args.command}: {type(e).__name__}: {e}", file=sys.stderr)

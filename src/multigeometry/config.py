@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -27,6 +28,29 @@ SPLITS = ("train", "val", "test")
 
 class ParamsError(ValueError):
     """A params file or override that does not fit the schema."""
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 32 bits; torch's generators 64 (the loop scales the seed)
+INT_LIMIT = 2**63  # integers must fit a signed 64-bit integer: torch, numpy and SQLite take no more
+NAME_MAX_BYTES = 255  # a file name's limit on common file systems
+
+
+def check_name(key: str, value: str) -> None:
+    """A params value that becomes one path component (a folder under data/): a plain name, never a path."""
+    problem = ""
+    if not value.strip():
+        problem = "is empty"
+    elif "/" in value or "\\" in value:
+        problem = "holds a path separator"
+    elif value.startswith("."):
+        problem = "starts with '.' (hidden, or a step up the tree)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = "holds a control character"
+    elif len(value.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        problem = f"is longer than {NAME_MAX_BYTES} bytes"
+    if problem:
+        raise ParamsError(f"{key}: {value!r} {problem}; it names a folder and must be a plain folder name "
+                          "(no '/', '\\', leading '.', or control characters)")
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:  # noqa: A002
@@ -114,8 +138,7 @@ class DataConfig:
             )
         if kind in ("hf", "folder") and not self.source.partition(":")[2]:
             raise ParamsError(f"data.source: {self.source!r} needs a name or path after '{kind}:'")
-        if not self.dataset or "/" in self.dataset or self.dataset.startswith("."):
-            raise ParamsError(f"data.dataset: {self.dataset!r} must be a plain folder name")
+        check_name("data.dataset", self.dataset)
 
 
 @dataclass(frozen=True)
@@ -125,11 +148,13 @@ class ValidateConfig:
     text_min_chars: int = bounded(1, min=1)
     text_max_chars: int = bounded(2000, min=1)
     image_min_side: int = bounded(32, min=1)
+    image_max_pixels: int = bounded(89_478_485, min=1)  # refused from the header, before decoding (Pillow's default)
     audio_sample_rates: tuple[int, ...] = _list([])  # allowed rates; empty: any rate >= audio_min_sample_rate
     audio_min_sample_rate: int = bounded(4000, min=1)  # the shard stage resamples every clip to audio.sample_rate
     audio_min_seconds: float = bounded(0.2, min=0.0)
     audio_max_seconds: float = bounded(30.0, min=0.0)
     audio_min_rms: float = bounded(1e-4, min=0.0)
+    code_max_bytes: int = bounded(1_000_000, min=1)  # larger source files are quarantined unread
     data_docs: bool = True
 
 
@@ -353,6 +378,9 @@ class TrainConfig:
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db
     experiment: str = "multigeometry"
 
+    def __post_init__(self) -> None:
+        check_name("train.run_name", self.run_name)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -439,7 +467,7 @@ class OrchestrationConfig:
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = bounded(0, min=0)
+    seed: int = bounded(0, min=0, max=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -537,13 +565,21 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ParamsError(f"{key}: {value!r} does not fit a 64-bit integer")
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT_1_2.fullmatch(value.strip()):
-            return float(value)  # YAML 1.2 (DVC's ruamel) reads 1e-3 as a number; PyYAML's 1.1 reads a string
+            value = float(value)  # YAML 1.2 (DVC's ruamel) reads 1e-3 as a number; PyYAML's 1.1 reads a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ParamsError(f"{key}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ParamsError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
@@ -591,6 +627,23 @@ def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def plain_tree(value: Any, key: str = "", _path: tuple[int, ...] = ()) -> Any:
+    """A copy of parsed YAML in plain JSON types (mappings with string keys, lists, strings, numbers, booleans,
+    null); anything else (a date, a timestamp, binary, a set) or a recursive anchor is an error naming the key."""
+    where = key or "params"
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in _path:
+            raise ParamsError(f"{where}: a recursive YAML anchor (the value contains itself)")
+        inner = (*_path, id(value))
+        if isinstance(value, dict):
+            return {str(k): plain_tree(v, f"{key}.{k}" if key else str(k), inner) for k, v in value.items()}
+        return [plain_tree(v, f"{key}[{i}]", inner) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ParamsError(f"{where}: {value!s} is a {type(value).__name__} (as YAML reads it); quote it for a string, "
+                      "or give a number, true/false, a list or a mapping")
+
+
 def apply_override(tree: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML, as `dvc exp run -S` does."""
     if "=" not in assignment:
@@ -599,7 +652,12 @@ def apply_override(tree: dict, assignment: str) -> None:
     key = key.strip()
     if not key:
         raise ParamsError(f"override {assignment!r}: empty key")
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ParamsError(f"override {assignment!r}: {key}: the value is not valid YAML "
+                          f"({' '.join(str(e).split())})") from e
+    value = plain_tree(value, key)
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -613,7 +671,7 @@ def apply_override(tree: dict, assignment: str) -> None:
 
 
 def params_from_dict(raw: dict | None, overrides: typing.Iterable[str] = ()) -> Params:
-    tree = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
+    tree = plain_tree(raw or {})  # a deep copy with plain types
     for assignment in overrides:
         apply_override(tree, assignment)
     return build_dataclass(Params, tree)
@@ -623,10 +681,21 @@ def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
+    if not path.is_file():
+        raise ParamsError(f"{path}: not a file (a params file is a YAML file, e.g. params.yaml)")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") \
+            from e
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ParamsError(f"{path}: not valid YAML: nested too deeply") from e
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     try:

@@ -7,6 +7,10 @@ from pathlib import Path
 from multigeometry.config import Params
 
 
+def fingerprint_file(params: Params, root: Path = Path(".")) -> Path:
+    return Path(root) / "data" / "sources" / f"{params.data.dataset}.json"
+
+
 def raw_dir(params: Params, root: Path = Path(".")) -> Path:
     return Path(root) / "data" / "raw" / params.data.dataset
 

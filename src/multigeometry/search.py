@@ -3,7 +3,8 @@ top k items of a query by the model's similarity, with their scores and uncertai
 
 An index folder holds `search_index.json` (what it was built from: the model's sha256, the split and its shard
 contents; sample ids and texts) and `embeddings.pt` (each modality's distribution tensors). It is written whole into
-a staging folder and renamed into place (`io.atomic_dir`), and it is rebuilt only when the model or the data changed.
+a staging folder and renamed into place (`io.atomic_dir`), and it is rebuilt only when the model or the data changed,
+or when it is damaged (a cut or missing file, a JSON that is not an index, rows that do not match): with a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,10 @@ TENSORS = "embeddings.pt"
 INDEX_FORMAT = 1
 
 
+class SearchIndexError(ValueError):
+    """A search index folder whose files are missing, cut or inconsistent."""
+
+
 def dist_to_tensors(dist: Distribution) -> dict[str, Any]:
     kind = "cone" if isinstance(dist, ConeParams) else "mixture"
     fields = {f.name: getattr(dist, f.name) for f in dataclasses.fields(dist)}
@@ -43,13 +50,13 @@ def dist_from_tensors(data: dict[str, Any]) -> Distribution:
 
 
 def index_key(model_sha256: str, shards_root: Path, split: str) -> dict[str, str]:
-    """What an index depends on: the model, the split, and the split's shard contents (their sha256s)."""
-    from multigeometry.data.datasets import read_index
+    """What an index depends on: the model, the split, and the split's shard contents (their sha256s). The split's
+    shards must be present with the sizes the shard index records."""
+    from multigeometry.data.shard_index import read_index, verify_split
 
     shards = read_index(shards_root)
-    entry = shards.get("splits", {}).get(split)
-    if entry is None:
-        raise ValueError(f"{shards_root}/index.json: no split {split!r}; has {sorted(shards.get('splits', {}))}")
+    verify_split(shards_root, split, "size")
+    entry = shards["splits"][split]
     data = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
     return {"format": str(INDEX_FORMAT), "model_sha256": model_sha256, "split": split, "data_hash": data}
 
@@ -72,7 +79,7 @@ def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path,
     from multigeometry.evaluation.embed import embed_split
     from multigeometry.io import atomic_dir
 
-    emb = embed_split(trained, shards_root, split, batch_size)
+    emb = embed_split(trained, shards_root, split, batch_size, verify="size")
     index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists)
     with atomic_dir(out) as staging:
         torch.save({m: {"rows": index.rows[m], **dist_to_tensors(index.dists[m])} for m in index.dists},
@@ -83,31 +90,54 @@ def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path,
     return index
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / INDEX_JSON
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SearchIndexError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    ok = (isinstance(meta, dict) and isinstance(meta.get("key"), dict) and isinstance(meta.get("sample_ids"), list)
+          and isinstance(meta.get("texts"), dict))
+    if not ok:
+        raise SearchIndexError(f"{path}: not a search index (expected an object with key, sample_ids and texts)")
+    n = len(meta["sample_ids"])
+    if any(not isinstance(t, list) or len(t) != n for t in meta["texts"].values()):
+        raise SearchIndexError(f"{path}: its texts do not match its {n} sample ids")
+    return meta
+
+
 def read_index_dir(folder: Path) -> SearchIndex:
-    meta = json.loads((folder / INDEX_JSON).read_text())
-    tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
-    return SearchIndex(
-        key=meta["key"],
-        sample_ids=meta["sample_ids"],
-        texts=meta["texts"],
-        rows={m: t["rows"] for m, t in tensors.items()},
-        dists={m: dist_from_tensors(t) for m, t in tensors.items()},
-    )
+    """The index in `folder`, checked whole: a `SearchIndexError` says what is damaged."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    try:
+        tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
+        rows = {m: t["rows"] for m, t in tensors.items()}
+        dists = {m: dist_from_tensors(t) for m, t in tensors.items()}
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
+        raise SearchIndexError(f"{folder / TENSORS}: unreadable ({type(e).__name__}: {str(e)[:200]})") from e
+    n = len(meta["sample_ids"])
+    for m, r in rows.items():
+        if r.ndim != 1 or r.numel() != dists[m].batch_size or (r.numel() and not 0 <= int(r.min()) <= int(r.max()) < n):
+            raise SearchIndexError(f"{folder}: the {m} rows do not match its {n} sample ids")
+    return SearchIndex(key=meta["key"], sample_ids=meta["sample_ids"], texts=meta["texts"], rows=rows, dists=dists)
 
 
 def load_or_build(trained: TrainedModel, model_sha256: str, shards_root: Path, split: str, folder: Path,
                   batch_size: int = 256) -> tuple[SearchIndex, bool]:
-    """The index in `folder` when it was built from this model and data, else a new one: (index, built now)."""
+    """The index in `folder` when it was built from this model and data, else a new one: (index, built now). A
+    damaged index is rebuilt, with a warning."""
     folder = Path(folder)
     key = index_key(model_sha256, shards_root, split)
-    if (folder / INDEX_JSON).is_file() and (folder / TENSORS).is_file():
+    if (folder / INDEX_JSON).exists() or (folder / TENSORS).exists():
         try:
-            found = json.loads((folder / INDEX_JSON).read_text()).get("key")
-        except json.JSONDecodeError:
-            found = None
-        if found == key:
-            return read_index_dir(folder), False
-        log.info("%s was built from another model or data (%s); rebuilding it", folder, found)
+            found = _read_meta(folder)["key"]
+            if found == key:
+                return read_index_dir(folder), False
+            log.info("%s was built from another model or data (%s); rebuilding it", folder, found)
+        except SearchIndexError as e:
+            log.warning("%s: damaged search index (%s); rebuilding it", folder, e)
     elif folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder}: exists and is not a search index; choose an empty or new folder")
     return build_index(trained, shards_root, split, folder, key, batch_size), True

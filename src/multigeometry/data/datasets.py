@@ -6,12 +6,12 @@
   (the same order on every rank), split by node (rank) and by worker, and samples pass a seeded shuffle buffer.
   Exact mode reads every sample once per epoch and needs at least as many shards as ranks × workers; resampled mode
   draws shards with replacement and gives every rank and worker the same number of samples, so DDP ranks never wait
-  on each other.
+  on each other. Every shard is checked against `index.json` (`data.shard_index`): all sizes when the dataset is
+  made, each shard's sample count (and with `verify="sha256"` its hash) as it is read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -26,31 +26,46 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from multigeometry.config import Params
 from multigeometry.data.decode import decode_members, to_example
 from multigeometry.data.reads import ALL_RAW_FIELDS, needs_tokens, unread_fields
+from multigeometry.data.shard_index import (
+    INDEX,
+    ShardIntegrityError,
+    Verify,
+    check_size,
+    read_index,
+    read_shard,
+    split_shards,
+)
 from multigeometry.data.transforms import image_transform
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.json"
-
-
-def read_index(shards_root: Path) -> dict[str, Any]:
-    path = Path(shards_root) / INDEX
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard index; run `multigeometry shard` first")
-    return json.loads(path.read_text())
+__all__ = ["INDEX", "IterableStylePairDataset", "PairDataset", "make_loader", "read_index"]
 
 
 class PairDataset(Dataset):
+    """With `shards_root`, the split's normalisation statistics come from its `index.json`, and the validated rows of
+    the split must be as many as the shards hold (the manifest and the shards were made together)."""
+
     def __init__(self, params: Params, split: str, *, train: bool = False, root: Path = Path("."),
-                 normalization: dict[str, dict] | None = None) -> None:
+                 normalization: dict[str, dict] | None = None, shards_root: Path | None = None) -> None:
         from multigeometry.data.manifest import MANIFEST, read_manifest
         from multigeometry.data.shards import FeatureModels
         from multigeometry.paths import raw_dir, validated_dir
 
-        frame = read_manifest(validated_dir(params, root) / MANIFEST)
+        manifest = validated_dir(params, root) / MANIFEST
+        frame = read_manifest(manifest)
         self.rows = frame[frame["split"] == split].to_dict("records")
         if not self.rows:
             raise ValueError(f"split {split!r} of dataset {params.data.dataset!r} has no validated rows")
+        if shards_root is not None:
+            index = read_index(shards_root)
+            shards = split_shards(shards_root, split, index)
+            expected = sum(entry["samples"] for _path, entry in shards)
+            if expected != len(self.rows):
+                raise ShardIntegrityError(
+                    f"{manifest}: {len(self.rows)} validated rows of split {split!r}, but "
+                    f"{Path(shards_root) / INDEX} records {expected} samples; run `multigeometry shard` again")
+            normalization = index.get("normalization", {}) if normalization is None else normalization
         self.params = params
         self.raw_root = raw_dir(params, root)
         self.models = FeatureModels(params)
@@ -81,14 +96,17 @@ class IterableStylePairDataset(IterableDataset):
         world_size: int = 1,
         seed: int | None = None,
         resampled: bool | None = None,
+        verify: Verify = "size",
     ) -> None:
         self.shards_root = Path(shards_root)
         index = read_index(self.shards_root)
-        if split not in index["splits"]:
-            raise ValueError(f"{self.shards_root / INDEX}: no split {split!r}; has {sorted(index['splits'])}")
-        entry = index["splits"][split]
-        self.urls = [str(self.shards_root / split / s["name"]) for s in entry["shards"]]
-        self.num_samples = int(entry["samples"])
+        shards = split_shards(self.shards_root, split, index)
+        self.entries = {str(path): entry for path, entry in shards}
+        self.urls = list(self.entries)
+        self.num_samples = int(index["splits"][split]["samples"])
+        self.verify = verify
+        for path, entry in shards:  # every shard present and whole before anything is built on them
+            check_size(path, entry)
         self.normalization = index.get("normalization", {})
         self.split = split
         self.params = params
@@ -126,14 +144,13 @@ class IterableStylePairDataset(IterableDataset):
         yield from order[self.rank :: self.world_size][worker::workers]  # split by node, then by worker
 
     def _samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
-        import webdataset as wds
-
         for url in urls:
             cached = self._cache.get(url)
             if cached is not None:
                 yield from cached
                 continue
-            decoded = [decode_members(members, url, skip=self.skip) for members in wds.tarfile_samples([{"url": url}])]
+            shard = read_shard(Path(url), self.entries[url], self.verify)
+            decoded = [decode_members(members, url, skip=self.skip) for members in shard]
             self._remember(url, decoded)
             yield from decoded
 

@@ -120,13 +120,16 @@ def plan_shards(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def image_member(path: Path, max_side: int) -> tuple[str, bytes]:
-    """The image as the source encoded it; re-encoded (same format) only when larger than `max_side`."""
+def image_member(path: Path, max_side: int, max_pixels: int) -> tuple[str, bytes]:
+    """The image as the source encoded it; re-encoded (same format) only when larger than `max_side`. Decoded by
+    `readers.read_image` within `max_pixels`, as the validate stage decodes it."""
     from PIL import Image
+
+    from multigeometry.data.readers import read_image
 
     ext = IMAGE_EXTENSIONS.get(path.suffix.lower().lstrip("."))
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
+    with read_image(data, max_pixels, path) as image:
         fmt = image.format
         if ext is None:
             ext = "png" if fmt == "PNG" else "jpg"
@@ -204,34 +207,13 @@ def one_torch_thread() -> Iterator[None]:
 
 def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: FeatureModels) -> list[dict[str, Any]]:
     """The WebDataset members of each row: raw media, log-mel features, pretrained features and meta.json."""
-    from PIL import Image
-
-    from multigeometry.data.audio import load_audio, log_mel
-
     samples: list[dict[str, Any]] = [{"__key__": sample_key(r["sample_id"])} for r in rows]
     inputs: dict[str, list[Any]] = {m: [] for m in models.modalities}
     for sample, row in zip(samples, rows, strict=True):
-        if isinstance(row.get("image"), str):
-            name, data = image_member(raw_root / row["image"], params.shard.max_image_side)
-            sample[name] = data
-            if "image" in inputs:
-                inputs["image"].append(to_rgb(Image.open(io.BytesIO(data))))
-        if isinstance(row.get("text"), str):
-            sample["text.txt"] = row["text"].encode()
-            if "text" in inputs:
-                inputs["text"].append(row["text"])
-        if isinstance(row.get("code"), str):
-            source = (raw_root / row["code"]).read_text(encoding="utf-8")
-            sample["code.py"] = source.encode()
-            if "code" in inputs:
-                inputs["code"].append(source)
-        if isinstance(row.get("audio"), str):
-            wave = load_audio(raw_root / row["audio"], params.audio)
-            sample["audio.flac"] = flac_bytes(wave, params.audio.sample_rate)
-            sample["audio.feat.npy"] = npy_bytes(log_mel(wave, params.audio).astype(np.float32))
-            if "audio" in inputs:
-                inputs["audio"].append(wave)
-        sample["meta.json"] = json.dumps(meta_of(row), sort_keys=True).encode()
+        try:
+            _raw_members(sample, row, raw_root, params, inputs)
+        except Exception as e:  # validation decodes with the same functions; this is a file changed since
+            raise ValueError(f"{raw_root}: sample {row['sample_id']!r}: {type(e).__name__}: {e}") from e
 
     for modality in models.modalities:
         owners = [i for i, row in enumerate(rows) if isinstance(row.get(modality), str)]
@@ -252,6 +234,37 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
 
 
 TEXT_LIST_COLUMNS = ("hierarchy", "parts")
+
+
+def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Params, inputs: dict[str, list]) -> None:
+    """The row's media members into `sample`, and each modality's decoded input for the feature models."""
+    from PIL import Image
+
+    from multigeometry.data.audio import load_audio, log_mel
+    from multigeometry.data.readers import read_code
+
+    if isinstance(row.get("image"), str):
+        name, data = image_member(raw_root / row["image"], params.shard.max_image_side,
+                                  params.validate.image_max_pixels)
+        sample[name] = data
+        if "image" in inputs:
+            inputs["image"].append(to_rgb(Image.open(io.BytesIO(data))))
+    if isinstance(row.get("text"), str):
+        sample["text.txt"] = row["text"].encode()
+        if "text" in inputs:
+            inputs["text"].append(row["text"])
+    if isinstance(row.get("code"), str):
+        source = read_code(raw_root / row["code"], params.validate.code_max_bytes)
+        sample["code.py"] = source.encode()
+        if "code" in inputs:
+            inputs["code"].append(source)
+    if isinstance(row.get("audio"), str):
+        wave = load_audio(raw_root / row["audio"], params.audio)
+        sample["audio.flac"] = flac_bytes(wave, params.audio.sample_rate)
+        sample["audio.feat.npy"] = npy_bytes(log_mel(wave, params.audio).astype(np.float32))
+        if "audio" in inputs:
+            inputs["audio"].append(wave)
+    sample["meta.json"] = json.dumps(meta_of(row), sort_keys=True).encode()
 
 
 def _text_list_features(samples: list[dict[str, Any]], rows: Sequence[dict], column: str, models: FeatureModels) -> None:
@@ -369,8 +382,12 @@ def write_shard(plan: ShardPlan, out_dir: Path, raw_root: Path, params: Params, 
 _WORKER_MODELS: FeatureModels | None = None
 
 
-def _init_worker(params: Params) -> None:
+def _init_worker(params: Params, parent: int | None = None) -> None:
     global _WORKER_MODELS
+    if parent is not None:  # a pool worker must not outlive the stage that started it (kill -9 included)
+        from multigeometry.processes import exit_with_parent
+
+        exit_with_parent(parent)
     _WORKER_MODELS = FeatureModels(params)
 
 
@@ -383,11 +400,14 @@ def _write_in_worker(args: tuple[ShardPlan, Path, Path, Params]) -> ShardResult:
 def write_shards_with_pool(
     plans: Sequence[ShardPlan], out_dir: Path, raw_root: Path, params: Params
 ) -> list[ShardResult]:
-    """Write every planned shard with `shard.workers` processes; results in plan order."""
+    """Write every planned shard with `shard.workers` processes; results in plan order. Workers exit when this
+    process dies, and are killed at once when it fails or is terminated."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
+
+    from multigeometry.processes import terminate_pool
 
     workers = min(params.shard.workers, len(plans)) or 1
     jobs = [(plan, out_dir, raw_root, params) for plan in plans]
@@ -400,13 +420,17 @@ def write_shards_with_pool(
                 progress.update(results[i].samples)
         else:
             context = multiprocessing.get_context("spawn")  # fork after torch threads started can deadlock
-            with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=(params,)
-            ) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(params, os.getpid()))
+            try:
                 futures = {pool.submit(_write_in_worker, job): i for i, job in enumerate(jobs)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     progress.update(results[futures[future]].samples)
+            except BaseException:  # an error, Ctrl-C or SIGTERM: nothing keeps running behind the failed stage
+                terminate_pool(pool)
+                raise
+            pool.shutdown()
     return [results[i] for i in range(len(jobs))]
 
 

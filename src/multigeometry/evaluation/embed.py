@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from multigeometry.data.collate import Collator
 from multigeometry.data.reads import needs_tokens
+from multigeometry.data.shard_index import Verify
 from multigeometry.evaluation.retrieval import device_of
 from multigeometry.geometry.cone import ConeParams, compose_cone_groups
 from multigeometry.inference import TrainedModel
@@ -89,14 +90,16 @@ class _EvalCollate:
         return batch
 
 
-def eval_loader(trained: TrainedModel, shards_root: Path, split: str, batch_size: int) -> Any:
-    """Every sample of `split` once, in shard order, untransformed by augmentation."""
+def eval_loader(trained: TrainedModel, shards_root: Path, split: str, batch_size: int,
+                verify: Verify = "sha256") -> Any:
+    """Every sample of `split` once, in shard order, untransformed by augmentation, each shard checked against the
+    index (`verify`)."""
     import webdataset as wds
 
     from multigeometry.data.datasets import IterableStylePairDataset
 
     params = trained.params
-    dataset = IterableStylePairDataset(shards_root, split, params, train=False, resampled=False)
+    dataset = IterableStylePairDataset(shards_root, split, params, train=False, resampled=False, verify=verify)
     workers = min(params.loader.workers, len(dataset.urls))
     collate = _EvalCollate(Collator(params.pairs, params.loader, trained.tokenizer, tokenize=needs_tokens(params)))
     loader = wds.WebLoader(
@@ -111,10 +114,12 @@ def eval_loader(trained: TrainedModel, shards_root: Path, split: str, batch_size
 
 
 @torch.no_grad()
-def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size: int = 256) -> SplitEmbeddings:
-    """Embed every sample of `split` in every modality of the model, and the split's distinct descriptions."""
+def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size: int = 256,
+                verify: Verify = "sha256") -> SplitEmbeddings:
+    """Embed every sample of `split` in every modality of the model, and the split's distinct descriptions. Every
+    shard is checked against the index as it is read (`verify`: size and sample count, and by default sha256)."""
     device = next(trained.model.parameters()).device
-    loader, total = eval_loader(trained, shards_root, split, batch_size)
+    loader, total = eval_loader(trained, shards_root, split, batch_size, verify)
     modalities = trained.modalities
     sample_ids: list[str] = []
     groups: list[Tensor] = []

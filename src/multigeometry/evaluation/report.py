@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,7 +42,7 @@ def write_report(result: EvalResult, out: Path, shards_root: Path) -> dict[str, 
     )
     if result.top_k and result.embeddings is not None:
         emb = result.embeddings
-        images = _split_images(shards_root / emb.split, _needed_rows(result.top_k.values()), emb.sample_ids)
+        images = _split_images(shards_root, emb.split, _needed_rows(result.top_k.values()), emb.sample_ids)
         for name, top in result.top_k.items():
             grid = render_grid(top, emb.sample_ids, emb.texts, images)
             with atomic_path(out / GRID_DIR / f"{name}.png") as tmp:
@@ -62,20 +61,21 @@ def _needed_rows(tops: Iterable[TopK]) -> set[int]:
     return rows
 
 
-def _split_images(split_dir: Path, rows: set[int], sample_ids: list[str]) -> dict[int, bytes]:
-    """The image bytes of the wanted rows, read from the split's shards."""
+def _split_images(shards_root: Path, split: str, rows: set[int], sample_ids: list[str]) -> dict[int, bytes]:
+    """The image bytes of the wanted rows, read from the split's shards (those the index lists, checked as every
+    reader checks them)."""
+    from multigeometry.data.shard_index import read_shard, split_shards
     from multigeometry.data.shards import sample_key
 
     wanted = {sample_key(sample_ids[r]): r for r in rows}
     found: dict[int, bytes] = {}
-    for shard in sorted(split_dir.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if key in wanted and ext in ("image.png", "image.jpg"):
-                    found[wanted[key]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    for path, entry in split_shards(shards_root, split):
         if len(found) == len(wanted):
             break
+        for sample in read_shard(path, entry):
+            image = sample.get("image.png", sample.get("image.jpg"))
+            if sample["__key__"] in wanted and image is not None:
+                found[wanted[sample["__key__"]]] = image
     return found
 
 

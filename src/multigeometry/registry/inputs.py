@@ -96,6 +96,12 @@ class RawEmbedder:
                         raise InputError(f"row {i}, column {m!r}: no such file {str(value)!r}")
                 elif not isinstance(value, str):
                     raise InputError(f"row {i}, column {m!r}: expected a string, got {type(value).__name__}")
+                elif not value.isascii():
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError as e:
+                        raise InputError(f"row {i}, column {m!r}: {value[e.start]!r} at position {e.start} is a lone "
+                                         "surrogate, not text") from e
 
     def _rows(self, records: Sequence[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
         """The manifest rows `encode_rows` reads: media as files (bytes are written under `tmp`), code as a file."""

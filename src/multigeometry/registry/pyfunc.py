@@ -9,7 +9,6 @@ to point at these copies, so a loaded model never asks the hub or the catalogue'
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -24,6 +23,9 @@ import torch
 from multigeometry.config import MODALITIES
 from multigeometry.data.reads import needs_tokens
 from multigeometry.inference import TrainedModel, load_trained
+from multigeometry.io import sha256_file
+
+__all__ = ["MultigeometryModel", "build_package", "load_package", "log_pyfunc", "sha256_file", "unwrap"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,6 @@ REQUIREMENTS = ("torch", "torchvision", "transformers", "mlflow", "pandas", "num
 
 class PackagingError(RuntimeError):
     """A model part that cannot be packaged to load offline."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_copy(name: str, where: str) -> Path:
@@ -135,15 +129,26 @@ def load_package(folder: Path, device: torch.device | str = "cpu") -> TrainedMod
     return trained
 
 
-def frame_records(frame: Any) -> list[dict[str, Any]]:
-    """A DataFrame's rows as dicts of the modality columns; other columns are an error naming them."""
+def frame_records(frame: Any, accepted: list[str] | None = None) -> list[dict[str, Any]]:
+    """A DataFrame's rows as dicts of the modality columns; other columns are an error naming them, and so is an
+    input with none of the `accepted` columns or no rows (MLflow's signature check drops unknown columns, such as
+    `caption` or a plain list's `0`, before the model sees them: what is left is empty)."""
     import pandas as pd
 
+    from multigeometry.registry.inputs import InputError
+
+    accepted = accepted or list(MODALITIES)
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
     unknown = [c for c in frame.columns if c not in MODALITIES]
     if unknown:
-        raise ValueError(f"input columns {unknown} are not modalities; allowed: {', '.join(MODALITIES)}")
+        raise InputError(f"input columns {unknown} are not modalities; allowed: {', '.join(MODALITIES)}")
+    if len(frame.columns) == 0 or len(frame) == 0:  # other modalities are named row by row by the embedder
+        what = "no rows" if len(frame.columns) else "none of the columns this model accepts"
+        raise InputError(
+            f"nothing to embed: the input has {what}; give a DataFrame with rows in any of {', '.join(accepted)}, "
+            "e.g. pd.DataFrame({'text': [...]}) (any other column, such as 'caption', or a plain list is dropped by "
+            "the model's signature)")
     return [{k: v for k, v in row.items()} for row in frame.to_dict("records")]
 
 
@@ -184,7 +189,7 @@ class MultigeometryModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
         if self.embedder is None:
             raise RuntimeError("MultigeometryModel: not loaded")
-        records = frame_records(model_input)
+        records = frame_records(model_input, self.trained.modalities)
         return output_frame(self.trained, self.embedder.embed(records), len(records))
 
     def __getstate__(self) -> dict[str, Any]:  # pickled empty: everything comes back from the package artifact

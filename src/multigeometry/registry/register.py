@@ -31,14 +31,13 @@ def tracking_uri(params: Params, root: Path) -> str:
 
 
 def connect(uri: str) -> Any:
-    """An MlflowClient on `uri`, with the SQLite busy timeout the training tracker uses."""
+    """An MlflowClient on `uri`, with the SQLite schema lock and busy timeout the training tracker uses."""
     import mlflow
     from mlflow import MlflowClient
 
-    from multigeometry.training.tracking import configure_sqlite_busy_timeout
+    from multigeometry.training.tracking import ensure_store
 
-    if uri.startswith("sqlite:"):
-        configure_sqlite_busy_timeout()
+    ensure_store(uri)  # a fresh SQLite store gets its schema once, under a lock
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -96,16 +95,20 @@ def dvc_data_hash(root: Path, out: Path) -> str:
 
 
 def eval_fingerprint(params: Params, root: Path) -> dict[str, str]:
-    """What makes two evaluations comparable: the split's shard contents and the eval params."""
-    from multigeometry.data.datasets import read_index
+    """What makes two evaluations comparable: the split's shard contents and the eval params. The shards are read
+    whole and checked against index.json (sizes, sample counts, sha256), and the fingerprint is made of what their
+    bytes are, not of what the index says."""
+    from multigeometry.data.shard_index import read_index, verify_split
     from multigeometry.paths import shards_dir
 
-    index = read_index(shards_dir(params, root))
+    shards = shards_dir(params, root)
+    index = read_index(shards)
     split = params.eval.split
-    entry = index.get("splits", {}).get(split)
-    if entry is None:
-        raise ValueError(f"{shards_dir(params, root)}/index.json: no split {split!r} (eval.split)")
-    content = json.dumps({"split": split, "shards": entry, "features": index.get("features", {})}, sort_keys=True)
+    if split not in index["splits"]:
+        raise ValueError(f"{shards}/index.json: no split {split!r} (eval.split)")
+    facts = verify_split(shards, split, "sha256")
+    found = {"samples": sum(f.samples for f in facts), "shards": [f.entry() for f in facts]}
+    content = json.dumps({"split": split, "shards": found, "features": index.get("features", {})}, sort_keys=True)
     return {
         "eval_split": split,
         "eval_data_hash": hashlib.sha256(content.encode()).hexdigest()[:16],

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from multigeometry.config import Params
+from multigeometry.config import Params, ValidateConfig
+from multigeometry.data.readers import read_code
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ def load_registered(params: Params, uri: str, root: Path = Path(".")) -> Any:
 
 
 def one_record(text: str | None = None, image: str | None = None, audio: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    """A single input from the command line; `code` is a FILE whose source is embedded."""
+               code: str | None = None, code_max_bytes: int = ValidateConfig().code_max_bytes) -> dict[str, Any]:
+    """A single input from the command line; `code` is a FILE whose source is embedded (UTF-8, at most
+    `code_max_bytes`, read as the shard stage reads code)."""
     given = {k: v for k, v in {"text": text, "image": image, "audio": audio, "code": code}.items() if v is not None}
     if len(given) != 1:
         raise ValueError(f"give exactly one input (--text, --image, --audio or --code); got {sorted(given) or 'none'}")
@@ -36,7 +38,7 @@ def one_record(text: str | None = None, image: str | None = None, audio: str | N
         path = Path(value).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--{modality} {value}: no such file")
-        value = path.read_text(encoding="utf-8") if modality == "code" else str(path.resolve())
+        value = read_code(path, code_max_bytes) if modality == "code" else str(path.resolve())
     return {modality: value}
 
 

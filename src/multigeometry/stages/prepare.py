@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 from multigeometry.config import Params
 from multigeometry.data.manifest import MANIFEST, to_frame
 from multigeometry.data.sources import load_rows
+from multigeometry.data.sources.fingerprint import source_fingerprint
 from multigeometry.io import atomic_dir, write_json_atomic
 from multigeometry.paths import raw_dir
 
@@ -31,13 +32,18 @@ def is_complete(folder: Path, params_hash: str) -> bool:
         return False
 
 
+def inputs_hash(params: Params) -> str:
+    """The params of the stage and the content behind `data.source` (a folder's pairs file, ...): a prepared folder
+    is up to date only for the same of both."""
+    content = json.dumps(source_fingerprint(params), sort_keys=True)
+    return f"{params.section_hash(*PARAM_KEYS)}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+
+
 def prepare(params: Params, root: Path = Path(".")) -> Path:
     out = raw_dir(params, root)
-    params_hash = params.section_hash(*PARAM_KEYS)
-    if params.data.source == "stdlib-code":  # that dataset is the running interpreter's library
-        params_hash = f"{params_hash}-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    params_hash = inputs_hash(params)
     if is_complete(out, params_hash):
-        log.info("prepare: %s is up to date (params %s); nothing to do", out, params_hash)
+        log.info("prepare: %s is up to date (params and source %s); nothing to do", out, params_hash)
         return out
     started = time.perf_counter()
     with atomic_dir(out) as staging:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from multigeometry.config import SPLITS, Params
 from multigeometry.data.manifest import MANIFEST, carve_val_split, read_manifest
+from multigeometry.data.shard_index import INDEX
 from multigeometry.data.shards import (
     FeatureModels,
     ShardPlan,
@@ -24,7 +25,7 @@ from multigeometry.paths import raw_dir, shards_dir, validated_dir
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.json"
+__all__ = ["INDEX", "plan", "shard"]
 
 # writes every planned shard into a folder and returns the results in plan order: (plans, out_dir, raw_root, params)
 ShardWriter = Callable[[Sequence[ShardPlan], Path, Path, Params], list[ShardResult]]

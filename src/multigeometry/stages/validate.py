@@ -39,7 +39,7 @@ def validate(params: Params, root: Path = Path(".")) -> Path:
     with atomic_dir(out) as staging:
         docs = staging / DATA_DOCS if cfg.data_docs else None
         failures, expectations = run_manifest_suite(frame, source, cfg, docs)
-        for index, found in media_failures(frame, source, cfg).items():
+        for index, found in media_failures(frame, source, cfg, params.audio).items():
             failures.setdefault(index, []).extend(found)
 
         bad = frame.index.isin(list(failures))

@@ -26,16 +26,18 @@ import torch.distributed as dist
 
 from multigeometry.config import Params
 from multigeometry.data.collate import load_tokenizer
-from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
+from multigeometry.data.shard_index import read_index
 from multigeometry.distributed import local_only
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import models_dir, shards_dir
 from multigeometry.training.checkpoint import (
-    load_checkpoint,
-    resolve_resume,
+    check_resumable,
+    load_resume,
+    remove_stale_temps,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -161,6 +163,7 @@ class Trainer:
         self.best_step = 0
         self.stale_validations = 0  # validations since the best one (train.patience)
         self.history: list[dict[str, float]] = []
+        self.run_id: str | None = None  # the MLflow run, recorded in checkpoints so that a resumed run continues it
         if self.val_set is None:
             log.warning("train: %s has no val split: no validation, the last model is kept (train.select, "
                         "train.patience need one; shard.val_from_train carves one from train)", shards)
@@ -168,19 +171,34 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        resume = resolve_resume(self.cfg.resume, self.checkpoints)
-        rng_after_skip = self._restore(resume) if resume is not None else None
+        from multigeometry.processes import Terminated
+
+        if self.rt.is_main:
+            remove_stale_temps(self.out)
+        resumed = load_resume(self.cfg.resume, self.checkpoints)
+        rng_after_skip, resume_run_id = None, None
+        if resumed is not None:
+            path, state = resumed
+            check_resumable(path, state, self.params.to_dict())
+            rng_after_skip = self._restore(path, state)
+            resume_run_id = state.get("mlflow_run_id")
         tracker = Tracker(
             self.rt.is_main,
             self.cfg.tracking_uri or default_tracking_uri(self.root),
             self.cfg.experiment,
             self.cfg.run_name,
+            run_dir=self.out,
+            resume_run_id=resume_run_id,
         )
+        self.run_id = tracker.run_id
         try:
             tracker.params(self.params.to_dict())
             tracker.system(system_info(self.rt.device, self.rt.world_size))
             self._loop(tracker, rng_after_skip)
             final = self._finish(tracker)
+        except (Terminated, KeyboardInterrupt):
+            tracker.finish("KILLED")
+            raise
         except BaseException:
             tracker.finish("FAILED")
             raise
@@ -286,6 +304,8 @@ class Trainer:
             "stale_validations": self.stale_validations,
             "history": self.history,
             "world_size": self.rt.world_size,
+            "params": self.params.to_dict(),
+            "mlflow_run_id": self.run_id,
         }
 
     def _checkpoint(self) -> None:
@@ -296,8 +316,7 @@ class Trainer:
         if self.rt.world_size > 1:
             dist.barrier()
 
-    def _restore(self, path: Path) -> dict[str, Any]:
-        state = load_checkpoint(path)
+    def _restore(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
         if state["world_size"] != self.rt.world_size:
             raise ValueError(f"{path}: saved by {state['world_size']} rank(s), resumed with {self.rt.world_size}")
         self.module.load_state_dict(state["model"])

@@ -1,16 +1,25 @@
-"""MLflow tracking for a training run, on rank 0 only; other ranks get a tracker that does nothing."""
+"""MLflow tracking for a training run, on rank 0 only; other ranks get a tracker that does nothing.
+
+A SQLite store's schema is created once, under a file lock, before anything uses it (two processes migrating a fresh
+database at once fail). A resumed run continues the MLflow run its checkpoint names, and runs of the same training
+folder that a kill left RUNNING are ended as KILLED, so one training is one run with one metric history.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
+RUN_DIR_TAG = "multigeometry.run_dir"  # the training folder a run writes; runs of one folder are one training
+_READY: set[str] = set()
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -47,6 +56,36 @@ def configure_sqlite_busy_timeout() -> None:
     configure_sqlite_busy_timeout.done = True  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_store(uri: str) -> None:
+    """Create a SQLite store's schema (tracking and registry tables) once, under `<db>.lock`: MLflow migrates an
+    empty database on first use, and two processes doing so at once fail (alembic `CommandError`, `duplicate column
+    name`). Other stores are left to their server."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return
+    from mlflow import MlflowClient
+
+    configure_sqlite_busy_timeout()
+    db = Path(uri.removeprefix("sqlite:///"))
+    with _file_lock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking store: creates or checks the schema
+        client.search_registered_models(max_results=1)  # the registry store on the same database
+    _READY.add(uri)
+
+
 def default_artifact_location(uri: str) -> str | None:
     """For a SQLite store, `mlartifacts/` beside the database file, as an absolute URI: left to MLflow, artifacts go
     to `./mlruns` under whatever directory the run started in. Other stores (a tracking server) choose their own."""
@@ -72,28 +111,73 @@ def ensure_experiment(experiment: str, uri: str) -> str:
     return found.experiment_id
 
 
+def end_abandoned_runs(client: Any, experiment_id: str, run_dir: str, keep: str | None) -> list[str]:
+    """End as KILLED the runs of `run_dir` still RUNNING (their process was killed), except `keep`; their ids."""
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in runs:
+        if run.data.tags.get(RUN_DIR_TAG) == run_dir and run.info.run_id != keep:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 class Tracker:
-    def __init__(self, enabled: bool, uri: str, experiment: str, run_name: str) -> None:
+    """`run_dir` identifies the training (its folder); `resume_run_id`, the MLflow run a resumed training continues."""
+
+    def __init__(self, enabled: bool, uri: str, experiment: str, run_name: str, run_dir: Path | None = None,
+                 resume_run_id: str | None = None) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
+        self.resumed = False
         if not enabled:
             return
         import mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         if uri.startswith("sqlite:"):
-            configure_sqlite_busy_timeout()
+            ensure_store(uri)
         mlflow.set_tracking_uri(uri)
-        run = mlflow.start_run(run_name=run_name, experiment_id=ensure_experiment(experiment, uri))
+        experiment_id = ensure_experiment(experiment, uri)
+        client = MlflowClient(tracking_uri=uri)
+        folder = str(Path(run_dir).resolve()) if run_dir is not None else ""
+        if folder:
+            for ended in end_abandoned_runs(client, experiment_id, folder, resume_run_id):
+                log.warning("MLflow run %s of %s was left RUNNING by a killed process: ended as KILLED", ended,
+                            folder)
+        run = None
+        if resume_run_id:
+            try:
+                run = mlflow.start_run(run_id=resume_run_id)
+                self.resumed = True
+            except MlflowException as e:
+                log.warning("MLflow run %s of the checkpoint cannot be continued (%s); starting a new run",
+                            resume_run_id, e)
+        if run is None:
+            run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id,
+                                   tags={RUN_DIR_TAG: folder} if folder else None)
         self.run_id = run.info.run_id
         self._mlflow = mlflow
-        log.info("MLflow run %s in %s (experiment %s)", self.run_id, uri, experiment)
+        self._client = client
+        log.info("MLflow run %s in %s (experiment %s)%s", self.run_id, uri, experiment,
+                 ", continued" if self.resumed else "")
 
     def params(self, params: dict[str, Any]) -> None:
-        if self.enabled:
-            flat = {k: v for k, v in flatten(params).items()}
-            items = list(flat.items())
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-                self._mlflow.log_params(dict(items[i : i + 100]))
+        """Log the params; a continued run keeps the values it has (MLflow refuses to change one) and records each
+        changed value as a tag `resumed.<key>`."""
+        if not self.enabled:
+            return
+        flat = flatten(params)
+        if self.resumed:
+            logged = self._client.get_run(self.run_id).data.params
+            changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)}
+            if changed:
+                self._mlflow.set_tags({f"resumed.{k}": str(v) for k, v in changed.items()})
+            flat = {k: v for k, v in flat.items() if k not in logged}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+            self._mlflow.log_params(dict(items[i : i + 100]))
 
     def system(self, info: dict[str, Any]) -> None:
         if self.enabled:

@@ -18,6 +18,7 @@ the line and the column.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import posixpath
@@ -59,22 +60,47 @@ def find_pairs_file(folder: Path) -> Path:
     return present[0]
 
 
+def _read_text(path: Path) -> str:
+    """The pairs file as text: UTF-8 (a byte-order mark is dropped), or an error naming the line and the byte."""
+    from multigeometry.data.readers import utf8_problem
+
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line, problem = utf8_problem(data, e)
+        raise PairsFileError(f"{path}, line {line}: {problem}") from e
+
+
+def _check_text(path: Path, line_no: int, record: dict[str, Any]) -> None:
+    """JSON's escapes can spell a lone surrogate (\\ud800), which is no text: no file or table can store it."""
+    for key, value in record.items():
+        for text in (key, *(value if isinstance(value, list) else [value])):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise PairsFileError(
+                        f"{path}, line {line_no}, column {str(key)!r}: {text[e.start]!r} is a lone surrogate, not "
+                        "text; fix the JSON escape") from e
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairsFileError(f"{path}, line {line_no}: not valid JSON ({e})") from e
-            if not isinstance(record, dict):
-                raise PairsFileError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, record
+    for line_no, line in enumerate(io.StringIO(_read_text(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PairsFileError(f"{path}, line {line_no}: not valid JSON ({e})") from e
+        if not isinstance(record, dict):
+            raise PairsFileError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
+        _check_text(path, line_no, record)
+        yield line_no, record
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise PairsFileError(f"{path}: empty file; expected a header line naming the columns")

@@ -1,6 +1,9 @@
 """Per-row media checks that a manifest suite cannot do: files decode, and have sane sizes, rates and durations.
 
-Each check returns None when the item is good, or `(reason, detail)` when it is not.
+Each check returns None when the item is good, or `(reason, detail)` when it is not. Files are decoded by the same
+functions the shard stage uses (`data.readers`, `data.audio.load_audio`) within the same limits, so a row that passes
+is a row the shard stage can read; anything else a check raises quarantines the row (`media_check_error`) instead of
+stopping the stage.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from multigeometry.config import ValidateConfig
+from multigeometry.config import AudioConfig, ValidateConfig
+from multigeometry.data.readers import MediaError, read_code, read_image
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +27,21 @@ Failure = tuple[str, str]
 
 
 def resolve_media(root: Path, relative: str) -> Path | None:
-    """The file a manifest path names, or None when it escapes the dataset folder."""
+    """The file a manifest path names, or None when it escapes the dataset folder or is no valid path."""
     root = root.resolve()
-    path = (root / relative).resolve()
+    try:
+        path = (root / relative).resolve()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return None
     return path if path.is_relative_to(root) else None
 
 
-def check_image(path: Path, cfg: ValidateConfig) -> Failure | None:
-    from PIL import Image, UnidentifiedImageError
-
+def check_image(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None) -> Failure | None:
     try:
-        with Image.open(path) as image:
-            image.load()
+        with read_image(path, cfg.image_max_pixels) as image:
             width, height = image.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        return "image_undecodable", f"{type(e).__name__}: {e}"
+    except MediaError as e:
+        return e.reason, e.detail
     if min(width, height) < cfg.image_min_side:
         return "image_too_small", f"{width}x{height} < validate.image_min_side {cfg.image_min_side} px"
     return None
@@ -53,8 +57,10 @@ def _wav_truncated(path: Path) -> bool:
     return path.stat().st_size < riff_size + 8
 
 
-def check_audio(path: Path, cfg: ValidateConfig) -> Failure | None:
+def check_audio(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None) -> Failure | None:
     import soundfile as sf
+
+    from multigeometry.data.audio import AudioDecodeError, load_audio
 
     try:
         if _wav_truncated(path):
@@ -66,6 +72,8 @@ def check_audio(path: Path, cfg: ValidateConfig) -> Failure | None:
         return "audio_sample_rate", f"{rate} Hz not in validate.audio_sample_rates {list(cfg.audio_sample_rates)}"
     if rate < cfg.audio_min_sample_rate:
         return "audio_sample_rate", f"{rate} Hz below validate.audio_min_sample_rate {cfg.audio_min_sample_rate}"
+    if not np.all(np.isfinite(samples)):
+        return "audio_undecodable", "the audio holds NaN or infinite samples"
     seconds = samples.shape[0] / rate
     if not cfg.audio_min_seconds <= seconds <= cfg.audio_max_seconds:
         return "audio_duration", (f"{seconds:.3f} s not in [validate.audio_min_seconds, validate.audio_max_seconds] = "
@@ -73,20 +81,28 @@ def check_audio(path: Path, cfg: ValidateConfig) -> Failure | None:
     rms = float(np.sqrt(np.mean(np.square(samples)))) if samples.size else 0.0
     if rms < cfg.audio_min_rms:
         return "audio_silent", f"RMS {rms:.2e} < validate.audio_min_rms {cfg.audio_min_rms:.2e}"
+    try:  # decoded as the shard stage decodes it (mono, resampled, cropped)
+        load_audio(path, audio or AudioConfig())
+    except (AudioDecodeError, ValueError) as e:
+        return "audio_undecodable", f"{type(e).__name__}: {e}"
     return None
 
 
-def check_code(path: Path, cfg: ValidateConfig) -> Failure | None:
+def check_code(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None) -> Failure | None:
     try:
-        source = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as e:
-        return "code_undecodable", f"{type(e).__name__}: {e}"
+        source = read_code(path, cfg.code_max_bytes)
+    except MediaError as e:
+        return e.reason, e.detail
     if not source.strip():
         return "code_empty", "file is empty"
     try:
         ast.parse(source, filename=str(path))
     except SyntaxError as e:
         return "code_syntax_error", f"line {e.lineno}: {e.msg}"
+    except ValueError as e:  # e.g. a NUL byte
+        return "code_syntax_error", str(e)
+    except (MemoryError, RecursionError) as e:  # the parser's own limits: nesting too deep for it
+        return "code_too_complex", f"the Python parser gave up ({type(e).__name__}: nesting too deep)"
     return None
 
 
@@ -96,31 +112,41 @@ def check_text(text: str, cfg: ValidateConfig) -> Failure | None:
     return None
 
 
-FILE_CHECKS: dict[str, Callable[[Path, ValidateConfig], Failure | None]] = {
+FILE_CHECKS: dict[str, Callable[[Path, ValidateConfig, AudioConfig | None], Failure | None]] = {
     "image": check_image,
     "audio": check_audio,
     "code": check_code,
 }
 
 
-def media_failures(frame: pd.DataFrame, root: Path, cfg: ValidateConfig) -> dict[object, list[Failure]]:
-    """Every failing media item of `frame`, by row index. Missing files are the manifest suite's to report."""
+def _row_failures(row: dict, root: Path, cfg: ValidateConfig, audio: AudioConfig | None) -> list[Failure]:
+    found: list[Failure] = []
+    text = row.get("text")
+    if isinstance(text, str) and (failure := check_text(text, cfg)):
+        found.append(failure)
+    for modality, check in FILE_CHECKS.items():
+        relative = row.get(modality)
+        if not isinstance(relative, str):
+            continue
+        path = resolve_media(root, relative)
+        if path is None or not path.is_file():
+            continue
+        try:
+            failure = check(path, cfg, audio)
+        except Exception as e:  # one bad file never stops the stage: it is this row's reason
+            failure = "media_check_error", f"{modality} {relative}: {type(e).__name__}: {e}"
+        if failure:
+            found.append(failure)
+    return found
+
+
+def media_failures(frame: pd.DataFrame, root: Path, cfg: ValidateConfig,
+                   audio: AudioConfig | None = None) -> dict[object, list[Failure]]:
+    """Every failing media item of `frame`, by row index. Missing files are the manifest suite's to report. Audio is
+    also decoded as the shard stage decodes it with `audio` (default: the default audio params)."""
     failures: dict[object, list[Failure]] = {}
     rows = frame.to_dict("index")
     for index, row in tqdm(rows.items(), total=len(rows), desc="media checks", unit="row", disable=None):
-        found: list[Failure] = []
-        text = row.get("text")
-        if isinstance(text, str) and (failure := check_text(text, cfg)):
-            found.append(failure)
-        for modality, check in FILE_CHECKS.items():
-            relative = row.get(modality)
-            if not isinstance(relative, str):
-                continue
-            path = resolve_media(root, relative)
-            if path is None or not path.is_file():
-                continue
-            if failure := check(path, cfg):
-                found.append(failure)
-        if found:
+        if found := _row_failures(row, root, cfg, audio):
             failures[index] = found
     return failures
