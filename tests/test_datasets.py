@@ -8,6 +8,7 @@ import torch
 from multigeometry.config import params_from_dict
 from multigeometry.data.collate import Collator, group_key
 from multigeometry.data.datasets import IterableStylePairDataset, PairDataset, make_loader, read_index
+from multigeometry.data.shard_index import ShardIntegrityError
 from multigeometry.data.transforms import image_transform
 from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
@@ -153,7 +154,7 @@ def test_feature_only_models_read_each_shard_once_and_later_epochs_yield_the_sam
         try:
             dataset.set_epoch(0)
             if second_epoch_reads:
-                with pytest.raises(FileNotFoundError):
+                with pytest.raises(ShardIntegrityError, match="missing"):
                     _ids(make_loader(dataset, params, workers=0))
             else:
                 assert _ids(make_loader(dataset, params, workers=0)) == first
