@@ -78,3 +78,19 @@ def test_cascade_metrics_in_the_evaluate_stage(tiny_trained, tmp_path: Path) -> 
     with (eval_dir(cascaded, copy) / "cascade_transcripts.tsv").open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == n and all(r["transcript"] for r in rows)
+
+
+def test_asr_audio_features_are_the_transcripts_text_embedding(transcriber, spoken) -> None:
+    """features.audio.model: whisper-tiny.en-asr: speech embedded as the text model embeds what it says."""
+    from multigeometry.config import AudioConfig, FeatureModelConfig
+    from multigeometry.data.features import load_extractor
+
+    audio = load_extractor("audio", FeatureModelConfig(model="whisper-tiny.en-asr"), AudioConfig())
+    text = load_extractor("text", FeatureModelConfig(model="all-minilm-l6-v2"), AudioConfig())
+    got = audio.encode([spoken])
+    expected = text.encode([transcriber.transcribe(spoken, 16000)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert audio.spec["backend"] == "whisper-asr" and audio.spec["dim"] == 384
+    said, other = text.encode([PHRASE, "a recipe for apple pie with cinnamon"])
+    cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cosine(got[0], said) > cosine(got[0], other) + 0.2

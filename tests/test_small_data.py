@@ -3,6 +3,7 @@ the best validated weights kept, and a val split carved from train where a datas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multigeometry.config import ModelConfig, params_from_dict
+from multigeometry.config import ModelConfig, ParamsError, params_from_dict
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.manifest import carve_val_split
 from multigeometry.inference import load_trained
@@ -28,7 +29,7 @@ def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     assert not list(model.encoders.parameters())
     image = torch.randn(5, 6)
-    head = model.heads["image"].proj
+    head = model.heads["image"].mean.proj
     expected = F.normalize(image @ head.weight.T + head.bias, dim=-1)
     torch.testing.assert_close(model.encode({"image.emb": image}, "image").mu[:, 0], expected)
 
@@ -38,7 +39,7 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
     cfg = ModelConfig(geometry="point", embed_dim=3, n_components=1, trunk="linear", feature_norm="standardize")
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1}, feature_stats=stats)
     x = torch.tensor([[3.0, 6.0]])
-    head = model.heads["image"].proj
+    head = model.heads["image"].mean.proj
     expected = F.normalize(torch.tensor([[1.0, 1.0]]) @ head.weight.T + head.bias, dim=-1)
     torch.testing.assert_close(model.encode({"image.emb": x}, "image").mu[:, 0], expected)
     assert "encoders.image.norm.mean" in model.state_dict()
@@ -46,6 +47,43 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
         PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1})
     l2 = PairModel(ModelConfig(feature_norm="l2"), ["image", "text"], feature_dims={"image": 2, "text": 1})
     torch.testing.assert_close(l2.encoders["image"].norm(x), F.normalize(x, dim=-1))
+
+
+@pytest.mark.parametrize("geometry", ["point", "mixture", "cone"])
+def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
+    """text locked: its directions are its normalised features, untrained; code starts at the identity and trains;
+    the uncertainty (variances, aperture) trains for both."""
+    from multigeometry.config import EncoderConfig
+
+    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2, trunk="linear",
+                      text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
+    model = PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 4})
+    x = torch.randn(3, 4)
+    for modality in ("text", "code"):
+        dist = model.encode({f"{modality}.emb": x}, modality)
+        direction = dist.direction if geometry == "cone" else dist.mu[:, 0]
+        torch.testing.assert_close(direction, F.normalize(x, dim=-1))
+    assert not list(model.heads["text"].mean.parameters())
+    assert all(p.requires_grad for p in model.heads["code"].mean.parameters())
+    if geometry != "point":
+        assert list(model.heads["text"].rest.parameters())
+    with pytest.raises(ParamsError, match=r"model.embed_dim must be the same"):
+        PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 6})
+    with pytest.raises(ParamsError, match=r"model.trunk: linear"):
+        PairModel(dataclasses.replace(cfg, trunk="mlp"), ["code", "text"], feature_dims={"code": 4, "text": 4})
+
+
+def test_feature_noise_perturbs_training_inputs_only():
+    from multigeometry.config import EncoderConfig
+
+    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear",
+                      image=EncoderConfig(feature_noise=0.5))
+    model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
+    x = torch.randn(8, 6)
+    model.train()
+    assert not torch.equal(model.encode({"image.emb": x}, "image").mu, model.encode({"image.emb": x}, "image").mu)
+    model.eval()
+    torch.testing.assert_close(model.encode({"image.emb": x}, "image").mu, model.encode({"image.emb": x}, "image").mu)
 
 
 def test_a_manifest_without_val_rows_gets_one_from_train_groups():

@@ -195,6 +195,8 @@ class FeatureModelConfig:
     max_tokens: int = bounded(128, min=1)  # text and code: truncation length
     # audio (Whisper): pad each clip to the 30 s window Whisper was trained on and pool only the clip's frames
     pad_to_window: bool = False
+    # audio with an ASR model (whisper-tiny.en-asr): the text model that embeds its transcripts
+    transcript_model: str = "all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,12 @@ class EncoderConfig:
     hidden_dim: int = bounded(256, min=4)
     layers: int = bounded(2, min=1, max=48)
     dropout: float = bounded(0.0, min=0.0, max=0.9)
+    # model.trunk: linear, input: emb only. The head's mean map from the frozen features starts at the identity
+    # (same space as the target: a text model's) or random; `lock` keeps it the identity: the embedding's directions
+    # are the pretrained features themselves and only the uncertainty trains (model.embed_dim = the feature dim)
+    init: Literal["random", "identity"] = "random"
+    lock: bool = False
+    feature_noise: float = bounded(0.0, min=0.0, max=4.0)  # training only: Gaussian noise x its RMS on the features
 
 
 @dataclass(frozen=True)

@@ -532,6 +532,41 @@ class HFAudioExtractor(_AudioExtractor):
         return states[index]
 
 
+class TranscriptExtractor(FeatureExtractor):
+    """Speech as what it says: a Whisper model (`whisper-tiny.en-asr`) transcribes each clip and the text model
+    `transcript_model` embeds the transcript, so the audio features live in that text model's space (set
+    `model.audio.init: identity` to start the learned map from it, where the text side uses the same model)."""
+
+    backend = "whisper-asr"
+
+    def __init__(self, modality: str, cfg: FeatureModelConfig, path: str, audio_cfg: AudioConfig) -> None:
+        super().__init__(modality, cfg, path)
+        from multigeometry.models.whisper_asr import WhisperTranscriber
+
+        if not cfg.transcript_model:
+            raise FeatureModelError(f"{self.where}.transcript_model: empty; an ASR model needs a text model to embed "
+                                    "its transcripts (e.g. all-minilm-l6-v2)")
+        self.transcriber = WhisperTranscriber(path)
+        self.rate = audio_cfg.sample_rate
+        text_cfg = FeatureModelConfig(model=cfg.transcript_model, batch_size=cfg.batch_size,
+                                      max_tokens=cfg.max_tokens, pooling="mean")
+        self.text = load_extractor("text", text_cfg, audio_cfg)
+        self._probe()
+
+    def _probe_item(self) -> np.ndarray:
+        return np.zeros(self.rate // 2, dtype=np.float32)
+
+    def _check_items(self, items: list) -> None:
+        _check_types(items, np.ndarray, "a numpy waveform", self.where)
+
+    def _extra_spec(self) -> dict:
+        return {"transcript_model": self.cfg.transcript_model, "sample_rate": self.rate}
+
+    def _encode_batch(self, items: list) -> torch.Tensor:
+        transcripts = [self.transcriber.transcribe(np.asarray(w, dtype=np.float32), self.rate) for w in items]
+        return torch.from_numpy(self.text.encode(transcripts))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------------
@@ -605,6 +640,8 @@ def _build(
         if (entry is not None and entry.backend == "efficientnet-lite") or efficientnet_weights(Path(path)):
             return EfficientNetLiteExtractor(modality, cfg, path)
         return HFImageExtractor(modality, cfg, path)
+    if entry is not None and entry.backend == "whisper-asr":
+        return TranscriptExtractor(modality, cfg, path, audio_cfg)
     if (entry is not None and entry.backend == "whisper-encoder") or _model_type(path) == "whisper":
         return WhisperAudioExtractor(modality, cfg, path, audio_cfg)
     return HFAudioExtractor(modality, cfg, path, audio_cfg)

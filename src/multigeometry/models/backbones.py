@@ -101,12 +101,16 @@ class FeatureInput(Trunk):
     """The pretrained features themselves (dropout aside), for `model.trunk: linear`: the head is then the only map
     from the frozen features to the embedding, as in a linear probe."""
 
-    def __init__(self, in_dim: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, dropout: float, noise: float = 0.0) -> None:
         super().__init__()
         self.width = in_dim
         self.dropout = nn.Dropout(dropout)
+        self.noise = noise
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training and self.noise > 0:  # feature-space augmentation: noise scaled to each vector's RMS
+            rms = features.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            features = features + self.noise * rms * torch.randn_like(features)
         return self.dropout(features)
 
 

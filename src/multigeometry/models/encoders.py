@@ -188,7 +188,7 @@ def build_trunk(
                 f"set features.{modality}.model (and re-run the shard stage), or use {where}.input: raw"
             )
         if trunk == "linear":
-            return FeatureInput(feature_dim, cfg.dropout)
+            return FeatureInput(feature_dim, cfg.dropout, cfg.feature_noise)
         return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
     if trunk == "linear":
         raise ParamsError(

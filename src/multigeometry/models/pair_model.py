@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from multigeometry.config import ModelConfig, Params
+from multigeometry.config import ModelConfig, Params, ParamsError
 from multigeometry.geometry.cone import ConeParams
 from multigeometry.geometry.mixture import MixtureParams
 from multigeometry.models.composition import Composer
@@ -51,9 +51,24 @@ class PairModel(nn.Module):
                 for m in self.modalities
             }
         )
-        self.heads = nn.ModuleDict({m: make_head(self.encoders[m].out_dim, cfg) for m in self.modalities})
+        self.heads = nn.ModuleDict({m: self._head(m, feature_dims.get(m)) for m in self.modalities})
         # parts are phrases, embedded by the text encoder: composition needs text
         self.composer = Composer(cfg) if cfg.composer.enabled and "text" in self.modalities else None
+
+    def _head(self, modality: str, feature_dim: int | None) -> nn.Module:
+        enc = getattr(self.cfg, modality)
+        where = f"model.{modality}"
+        if enc.init != "random" or enc.lock:
+            what = f"{where}.lock" if enc.lock else f"{where}.init: {enc.init}"
+            if self.cfg.trunk != "linear" or enc.input != "emb":
+                raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk: linear and "
+                                  f"{where}.input: emb (got model.trunk: {self.cfg.trunk}, {where}.input: {enc.input})")
+            if feature_dim != self.cfg.embed_dim:
+                raise ParamsError(f"{what}: the {modality} features have {feature_dim} dims (features.{modality}."
+                                  f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
+        if self.cfg.trunk == "linear" and enc.feature_noise and enc.input != "emb":
+            raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
+        return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
 
     @classmethod
     def from_index(cls, params: Params, index: dict[str, Any], vocab_size: int | None = None) -> PairModel:
