@@ -2,7 +2,7 @@
 
 dvc.yaml is the single source of truth: a stage's key is a hash of the params sections it lists under `params:` and
 the content of every path it lists under `deps:`, so the flow re-runs exactly what `dvc repro` would. Paths under
-`data/` are read below the run's root; code paths (`src/...`) below the project holding dvc.yaml.
+`data/` and `metrics/` are read below the run's root; code paths (`src/...`) below the project holding dvc.yaml.
 
 The run's root is not part of the key either: the same params and the same dep contents give the same key in any
 folder (a scheduled run, a copy of the project, another machine with the same data), so such a run finds the cache.
@@ -93,8 +93,11 @@ def load_stage(name: str, params: Params, dvc_yaml: Path = DVC_YAML) -> StageSpe
     )
 
 
+RUN_FOLDERS = ("data", "metrics")  # what stages write below the run's root; every other dep is code in PROJECT
+
+
 def _base(path: str, root: Path) -> Path:
-    return (Path(root) if Path(path).parts[:1] == ("data",) else PROJECT) / path
+    return (Path(root) if Path(path).parts[:1][0] in RUN_FOLDERS else PROJECT) / path
 
 
 def hash_path(path: Path) -> str:

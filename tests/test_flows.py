@@ -28,7 +28,8 @@ def test_stage_specs_are_read_from_dvc_yaml():
         assert not any(k.startswith("orchestration") for k in spec.params)  # DVC stages never read them
         assert "${" not in "".join(spec.deps + spec.outs)
     assert "data/models/r1/model.pt" in load_stage("evaluate", params).deps
-    assert "data/eval/r1/metrics.json" in load_stage("evaluate", params).outs  # metrics count as outputs
+    assert "metrics/runs/r1/headline.json" in load_stage("evaluate", params).outs  # metrics count as outputs
+    assert "data/eval/r1/metrics.json" in load_stage("register", params).deps
     with pytest.raises(StageSpecError, match="no stage 'nope'"):
         load_stage("nope", params)
 

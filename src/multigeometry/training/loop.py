@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -31,8 +32,9 @@ from multigeometry.inference import needs_tokens
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
-from multigeometry.paths import models_dir, shards_dir
+from multigeometry.paths import models_dir, run_reports_dir, shards_dir
 from multigeometry.training.checkpoint import (
+    clear_checkpoints,
     load_checkpoint,
     resolve_resume,
     rng_state,
@@ -47,6 +49,8 @@ from multigeometry.training.validation import to_device, validate_model
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+TRAIN_METRICS = "train.json"  # under paths.run_reports_dir
+LOSS_PLOT = "plots/loss.csv"
 
 
 @dataclass
@@ -144,6 +148,7 @@ class Trainer:
             else None
         )
         self.step = 0
+        self.tracking: dict[str, Any] = {}
         self.best: float | None = None
         self.history: list[dict[str, float]] = []
 
@@ -151,6 +156,9 @@ class Trainer:
 
     def run(self) -> Path:
         resume = resolve_resume(self.cfg.resume, self.checkpoints)
+        if resume is None and self.rt.is_main and (stale := clear_checkpoints(self.checkpoints)):
+            # the folder is not a DVC output (a persistent one would turn off DVC's run cache for the stage)
+            log.info("fresh run: removed %d checkpoint(s) of an earlier run from %s", stale, self.checkpoints)
         rng_after_skip = self._restore(resume) if resume is not None else None
         tracker = Tracker(
             self.rt.is_main,
@@ -158,6 +166,7 @@ class Trainer:
             self.cfg.experiment,
             self.cfg.run_name,
         )
+        self.tracking = {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri}
         try:
             tracker.params(self.params.to_dict())
             tracker.system(system_info(self.rt.device, self.rt.world_size))
@@ -176,6 +185,7 @@ class Trainer:
         progress = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
         )
+        pace = ProgressLog(self.total_steps, self.step)
         while self.step < self.total_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             batches = epoch_batches(self.train_set, self.params, epoch, self.tokenizer)
@@ -205,6 +215,8 @@ class Trainer:
                     loss=f"{metrics['train/loss']:.3f}", samples_s=f"{metrics['train/samples_per_s']:.0f}"
                 )
                 progress.update()
+                if self.rt.is_main and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+                    pace.line(self.step, metrics)
                 if self.step % self.cfg.val_every == 0 or self.step == self.total_steps:
                     self._validate(tracker)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
@@ -290,7 +302,7 @@ class Trainer:
                     "logit_scale": self.module.criterion.logit_scale(),
                     "params": self.params.to_dict(),
                     "index": self.index,
-                    "info": info,
+                    "info": {**info, **self.tracking},  # the MLflow run: the registry links a version to it
                 },
                 tmp,
             )
@@ -302,13 +314,40 @@ class Trainer:
         self._save_model(final, {"step": self.step})
         last = self.history[-1] if self.history else {}
         summary = {k: v for k, v in last.items() if k != "step"} | {"step": self.step, "best": self.best}
-        write_json_atomic(self.out / "metrics" / "train.json", summary)
+        reports = run_reports_dir(self.params, self.root)
+        write_json_atomic(reports / TRAIN_METRICS, summary)
         write_json_atomic(self.out / "resolved_params.json", self.params.to_dict())
-        _write_curve(self.out / "plots" / "loss.csv", self.history)
+        _write_curve(reports / LOSS_PLOT, self.history)
         tracker.artifact(self.out / "resolved_params.json")
-        tracker.artifact(self.out / "metrics" / "train.json", "metrics")
+        tracker.artifact(reports / TRAIN_METRICS, "metrics")
         tracker.artifact(final, "model")
         return self.out
+
+
+class ProgressLog:
+    """A log line every `train.log_every` steps, for runs without a terminal (where tqdm shows nothing): step, loss,
+    samples/s and the time left, as OpenCLIP logs."""
+
+    def __init__(self, total_steps: int, start_step: int) -> None:
+        self.total, self.start, self.started = total_steps, start_step, time.perf_counter()
+
+    def eta_s(self, step: int) -> float:
+        done = step - self.start
+        return (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
+
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        eta = self.eta_s(step)
+        text = (f"step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%) loss {metrics['train/loss']:.4f} "
+                f"lr {metrics['train/lr']:.3g} {metrics['train/samples_per_s']:.1f} samples/s "
+                f"eta {'?' if math.isnan(eta) else _duration(eta)}")
+        log.info("%s", text)
+        return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
@@ -330,5 +369,5 @@ def train_model(params: Params, root: Path = Path(".")) -> Path:
             dist.destroy_process_group()
 
 
-def read_train_metrics(out: Path) -> dict[str, Any]:
-    return json.loads((Path(out) / "metrics" / "train.json").read_text())
+def read_train_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    return json.loads((run_reports_dir(params, root) / TRAIN_METRICS).read_text())

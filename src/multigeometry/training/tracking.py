@@ -72,9 +72,17 @@ def ensure_experiment(experiment: str, uri: str) -> str:
     return found.experiment_id
 
 
+def timed_run_name(run_name: str) -> str:
+    """`<train.run_name>-<UTC time>`: runs of one name stay apart in the MLflow UI."""
+    import datetime as dt
+
+    return f"{run_name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+
+
 class Tracker:
     def __init__(self, enabled: bool, uri: str, experiment: str, run_name: str) -> None:
         self.enabled = enabled
+        self.uri = uri
         self.run_id: str | None = None
         if not enabled:
             return
@@ -83,7 +91,8 @@ class Tracker:
         if uri.startswith("sqlite:"):
             configure_sqlite_busy_timeout()
         mlflow.set_tracking_uri(uri)
-        run = mlflow.start_run(run_name=run_name, experiment_id=ensure_experiment(experiment, uri))
+        run = mlflow.start_run(run_name=timed_run_name(run_name), experiment_id=ensure_experiment(experiment, uri),
+                               tags={"multigeometry.run_name": run_name})
         self.run_id = run.info.run_id
         self._mlflow = mlflow
         log.info("MLflow run %s in %s (experiment %s)", self.run_id, uri, experiment)
