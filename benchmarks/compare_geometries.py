@@ -2,11 +2,11 @@
 evaluate metrics (Markdown, for BENCHMARKS.md).
 
 Each experiment runs in the workspace under its own `train.run_name` (`cmp-<geometry>`), so the data stages are shared
-and only train, evaluate and register run per geometry, and its metrics are read from `data/eval/cmp-<geometry>/`
-as soon as it ends; the registry's min_metric is raised out of reach so that the comparison registers nothing. The
-experiments stay available as `dvc exp show` rows; at the end params.yaml and dvc.lock get their bytes back and
-`dvc checkout` puts the cached outputs back (`dvc repro` then re-evaluates: metrics.json is not cached). `--temp`
-runs keep their outputs in the DVC cache only, where `dvc exp show` did not find the evaluate stage's metrics.
+and only train, evaluate and register run per geometry, and its metrics are read from
+`data/eval/cmp-<geometry>/metrics.json` as soon as it ends; the registry's min_metric is raised out of reach so that
+the comparison registers nothing. The experiments stay available as `dvc exp show` rows; at the end params.yaml and
+dvc.lock get their bytes back and `dvc checkout` puts the cached outputs back. (Before the metrics moved into git
+under metrics/, `--temp` runs kept their outputs in the DVC cache only, where `dvc exp show` did not find them.)
 
 Usage: python benchmarks/compare_geometries.py [--set key=value ...] [--name-prefix cmp]
 """

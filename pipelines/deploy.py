@@ -1,18 +1,22 @@
-"""Create the deployments of prefect.yaml (schedule, parameters, work pool) through Prefect's Python API, or serve them.
+"""Create the deployments of prefect.yaml (schedule, parameters, work pool) on a Prefect server, or serve them.
 
     python -m pipelines.deploy            # create/update them on $PREFECT_API_URL; a process worker runs them
     python -m pipelines.deploy --serve    # or run them from this process, no work pool or worker needed
 
-prefect.yaml stays the one description; `prefect deploy --all` reads it too, but with Prefect 3.8.8 against FastAPI
-0.154 that command fails after creating the first deployment (its check for online workers sends `limit: null`,
-which the server refuses with 422), so this module is the way that works here.
+Every deployment gets one pull step, `set_working_directory` to this project folder (absolute), so a process worker
+runs its flows here: outputs land in the project's data/ and mlflow.db. Without a pull step the worker would copy the
+deployment's folder (the .venv included) into a temporary directory, run there and delete it. `prefect deploy --all`
+reads the same prefect.yaml and records the folder it ran in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,77 @@ def to_deployment(spec: dict[str, Any], project: Path = PROJECT, *, with_pool: b
     return deployment
 
 
+def pull_steps(project: Path) -> list[dict[str, Any]]:
+    """The one pull step of every deployment: run in the project folder itself."""
+    return [{"prefect.deployments.steps.set_working_directory": {"directory": str(Path(project).resolve())}}]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `apply` did to one deployment, as `python -m pipelines.deploy` reports it."""
+
+    name: str  # flow/deployment
+    id: str
+    created: bool  # False: an existing deployment was updated
+    schedules: tuple[str, ...]
+    work_pool: str | None
+    pool_exists: bool
+    directory: str
+
+    def describe(self) -> str:
+        when = "; ".join(self.schedules) or "no schedule (runs when triggered)"
+        pool = self.work_pool or "none"
+        if self.work_pool and not self.pool_exists:
+            pool += f" (missing: `prefect work-pool create {self.work_pool} --type process`)"
+        return (f"{'created' if self.created else 'updated'} deployment {self.name} ({self.id}): {when}; "
+                f"work pool {pool}; runs in {self.directory}")
+
+
+def _describe_schedule(schedule: Any) -> str:
+    inner = schedule.schedule
+    what = (f"cron '{inner.cron}' ({inner.timezone or 'UTC'})" if hasattr(inner, "cron")
+            else f"every {inner.interval}" if hasattr(inner, "interval") else str(inner))
+    return what if schedule.active else f"{what}, inactive"
+
+
+async def apply(spec: dict[str, Any], project: Path = PROJECT) -> Applied:
+    """Create or update one deployment of prefect.yaml on the server of PREFECT_API_URL, running in `project`."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deployment = to_deployment(spec, project)
+    name = f"{deployment.flow_name}/{deployment.name}"
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+            created = False
+        except ObjectNotFound:
+            created = True
+        pool_exists = True
+        if deployment.work_pool_name:
+            try:
+                await client.read_work_pool(deployment.work_pool_name)
+            except ObjectNotFound:
+                pool_exists = False
+        flow_id = await client.create_flow_from_name(deployment.flow_name)
+        deployment_id = await client.create_deployment(
+            flow_id=flow_id, name=deployment.name, description=deployment.description,
+            schedules=deployment.schedules, parameters=deployment.parameters,
+            work_pool_name=deployment.work_pool_name, work_queue_name=deployment.work_queue_name,
+            job_variables=deployment.job_variables, entrypoint=deployment.entrypoint, path=None,
+            pull_steps=pull_steps(project),
+            parameter_openapi_schema=deployment._parameter_openapi_schema.model_dump(exclude_unset=True),
+            enforce_parameter_schema=deployment.enforce_parameter_schema,
+        )
+        stored = await client.read_deployment(deployment_id)
+    return Applied(name, str(deployment_id), created, tuple(_describe_schedule(s) for s in stored.schedules),
+                   stored.work_pool_name, pool_exists, str(Path(project).resolve()))
+
+
+async def apply_all(specs: Sequence[dict[str, Any]], project: Path = PROJECT) -> list[Applied]:
+    return [await apply(spec, project) for spec in specs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML)
@@ -70,9 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(*[to_deployment(s, project, with_pool=False) for s in specs])
         return 0
-    for spec in specs:
-        deployment_id = to_deployment(spec, project).apply()
-        log.info("deployment %s/%s: %s", spec["entrypoint"].rsplit(":", 1)[1], spec["name"], deployment_id)
+    for applied in asyncio.run(apply_all(specs, project)):
+        sys.stdout.write(applied.describe() + "\n")
     return 0
 
 

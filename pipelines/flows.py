@@ -58,6 +58,14 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     return stage_key(context.task.name, params, Path(inputs["root"]))
 
 
+def _relative(out: Path, root: Path) -> str:
+    """`out` relative to `root`: a cached result stays true in any folder with the same key."""
+    try:
+        return Path(out).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(out)
+
+
 def _stage_task(name: str, cached: bool = True) -> Task[..., str]:
     def run(params_file: str, overrides: list[str], root: str) -> str:
         params = load_params(params_file, overrides)
@@ -65,7 +73,7 @@ def _stage_task(name: str, cached: bool = True) -> Task[..., str]:
             out = _call_stage(name, params, Path(params_file), overrides, Path(root))
         except Exception as e:
             raise StageFailed(f"stage {name!r} failed: {type(e).__name__}: {e}") from e
-        return str(out)
+        return _relative(out, Path(root))
 
     run.__name__ = run.__qualname__ = f"{name}_stage"  # a distinct task key per stage
     if not cached:
@@ -107,20 +115,35 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
                 logger.info("%s: %s missing; the stage runs", name, ", ".join(missing))
             stage = stage.with_options(refresh_cache=True)
         state = stage(str(params_path), overrides, folder, return_state=True)
-        outputs[name] = state.result()  # raises the stage's StageFailed when it failed
+        outputs[name] = str(Path(folder) / state.result())  # raises the stage's StageFailed when it failed
         (cached if state.name == "Cached" else ran).append(name)
-    logger.info("pipeline: ran %s; cached %s", ", ".join(ran) or "nothing", ", ".join(cached) or "nothing")
+    logger.info("pipeline in %s: ran %s; cached %s", folder, ", ".join(ran) or "nothing",
+                ", ".join(cached) or "nothing")
     return {"outputs": outputs, "ran": ran, "cached": cached}
+
+
+CHECK_REPORT = "data/prefect/check.json"  # below the run's root
 
 
 @flow(name="pipeline-check")
 def check(params_file: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
-    """Load and validate the params and read every stage's declaration in dvc.yaml; return, per stage, its cache key
-    as the `pipeline` flow would compute it now and its missing outputs (a stage with any will run). Runs no stage."""
+    """Load and validate the params and read every stage's declaration in dvc.yaml; log and return, per stage, its
+    cache key as the `pipeline` flow would compute it now and its missing outputs (a stage with any will run), and
+    write the same report to `<root>/data/prefect/check.json`. Runs no stage."""
+    from multigeometry.io import write_json_atomic
+
+    logger = get_run_logger()
     params = load_params(Path(params_file).resolve(), list(overrides or []))
     folder = Path(root).resolve()
-    return {name: {"key": stage_key(name, params, folder),
-                   "missing": missing_outputs(load_stage(name, params), folder)} for name in STAGES}
+    report = {name: {"key": stage_key(name, params, folder),
+                     "missing": missing_outputs(load_stage(name, params), folder)} for name in STAGES}
+    for name, entry in report.items():
+        missing = ", ".join(entry["missing"])
+        logger.info("%-8s key %s; %s", name, entry["key"], f"missing {missing}: runs" if missing else "outputs present")
+    write_json_atomic(folder / CHECK_REPORT, {"root": str(folder), "params_file": str(Path(params_file).resolve()),
+                                               "stages": report})
+    logger.info("check report: %s", folder / CHECK_REPORT)
+    return report
 
 
 def main(argv: Sequence[str] | None = None, run: Callable[..., Any] = pipeline) -> int:

@@ -2,7 +2,10 @@
 
 dvc.yaml is the single source of truth: a stage's key is a hash of the params sections it lists under `params:` and
 the content of every path it lists under `deps:`, so the flow re-runs exactly what `dvc repro` would. Paths under
-`data/` are read below the run's root; code paths (`src/...`) below the project holding dvc.yaml.
+`data/` and `metrics/` are read below the run's root; code paths (`src/...`) below the project holding dvc.yaml.
+
+The run's root is not part of the key either: the same params and the same dep contents give the same key in any
+folder (a scheduled run, a copy of the project, another machine with the same data), so such a run finds the cache.
 
 Outputs are not part of the key (a key computed before a first run would never match the one after it); instead the
 flow re-runs a stage, overwriting its cache entry, when any of its `outs:`/`metrics:` is missing (`missing_outputs`),
@@ -23,7 +26,7 @@ from multigeometry.config import Params
 
 PROJECT = Path(__file__).resolve().parents[1]
 DVC_YAML = PROJECT / "dvc.yaml"
-KEY_VERSION = "1"  # bump to invalidate every cached stage result (e.g. when what a task returns changes)
+KEY_VERSION = "2"  # bump to invalidate every cached stage result (e.g. when what a task returns changes)
 _TEMPLATE = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
 _SKIPPED = {"__pycache__", ".ipynb_checkpoints"}
 
@@ -90,8 +93,11 @@ def load_stage(name: str, params: Params, dvc_yaml: Path = DVC_YAML) -> StageSpe
     )
 
 
+RUN_FOLDERS = ("data", "metrics")  # what stages write below the run's root; every other dep is code in PROJECT
+
+
 def _base(path: str, root: Path) -> Path:
-    return (Path(root) if Path(path).parts[:1] == ("data",) else PROJECT) / path
+    return (Path(root) if Path(path).parts[:1][0] in RUN_FOLDERS else PROJECT) / path
 
 
 def hash_path(path: Path) -> str:
@@ -120,8 +126,9 @@ def missing_outputs(spec: StageSpec, root: Path) -> list[str]:
 
 
 def stage_key(name: str, params: Params, root: Path, dvc_yaml: Path = DVC_YAML) -> str:
-    """The cache key of stage `name` on `params` in `root`: its params sections and the content of its deps."""
+    """The cache key of stage `name` on `params` in `root`: its params sections and the content of its deps (read
+    below `root`), not where `root` is."""
     spec = load_stage(name, params, dvc_yaml)
-    parts = [KEY_VERSION, name, str(Path(root).resolve()), params.section_hash(*spec.params)]
+    parts = [KEY_VERSION, name, params.section_hash(*spec.params)]
     parts += [f"{dep}={hash_path(_base(dep, root))}" for dep in spec.deps]
     return f"{name}-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

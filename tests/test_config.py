@@ -28,6 +28,24 @@ def test_repository_params_load_and_match_defaults_shape():
     assert set(raw) <= {f.name for f in dataclasses.fields(Params)}
 
 
+def _knobs(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of every leaf (an empty mapping such as `data.hf.columns: {}` is a leaf)."""
+    out: set[str] = set()
+    for key, value in tree.items():
+        out |= _knobs(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return out
+
+
+@pytest.mark.parametrize("name", ["params.yaml", *sorted(p.relative_to(REPO).as_posix()
+                                                           for p in (REPO / "presets").glob("*.yaml"))])
+def test_every_knob_is_in_the_params_files(name):
+    """params.yaml and every preset hold every knob, so `dvc exp run -S` can set any of them and a preset copied over
+    params.yaml gives DVC every param its stages name."""
+    every = _knobs(params_from_dict({}).to_dict())
+    raw = yaml.safe_load((REPO / name).read_text())
+    assert _knobs(raw) == every, f"{name}: missing {sorted(every - _knobs(raw))}, extra {sorted(_knobs(raw) - every)}"
+
+
 def test_params_are_frozen():
     params = params_from_dict({})
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -1,4 +1,6 @@
-"""`dvc repro` end to end on tiny params in a temporary copy of the repository (git and DVC initialised)."""
+"""`dvc repro` end to end on tiny params in a temporary copy of the repository (git and DVC initialised): exactly
+what changed re-runs, restored params come from DVC's run cache, metrics compare between two commits, plots render
+offline, and a preset copied over params.yaml keeps `dvc status` working."""
 
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+
+def _git_commit(repo: Path, message: str) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -94,6 +107,7 @@ def repo_copy(tmp_path: Path) -> Path:
     (repo / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy2(REPO / ".dvc" / name, repo / ".dvc" / name)
+    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots")  # the offline page, the plot templates
     _set(repo, "data.world.n_items", 10)
     _set(repo, "data.world.image_size", 48)
     _set(repo, "data.world.workers", 1)
@@ -131,6 +145,35 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
     again = _run(["dvc", "repro"], repo_copy)
     assert _ran(again) == []
 
+    # metrics and plot data are in git beside dvc.lock, so two commits compare
+    _git_commit(repo_copy, "first run")
+    first_model = _sha(repo_copy / "data/models/default/model.pt")
+    _set(repo_copy, "model.embed_dim", 16)  # a training knob never re-runs a data stage
+    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train", "evaluate", "register"]
+    _git_commit(repo_copy, "embed_dim 16")
+    diff = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all"], repo_copy)
+    for path, key in [("headline.json", "mean_R@1"), ("train.json", "train/loss")]:
+        assert re.search(rf"metrics/runs/default/{path}\s+{re.escape(key)}\s+[-\d.]+\s+[-\d.]+", diff), diff
+    shown = _run(["dvc", "metrics", "show"], repo_copy)  # readable: the headline, not every metric
+    assert "mean_R@1" in shown and "image_to_text/R@1" in shown and "image_to_text/R@5" not in shown, shown
+    full = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", "--targets", "data/eval/default/metrics.json"],
+                repo_copy)  # every metric: a cached output, read from DVC's cache at each commit
+    assert "image_to_text/R@5" in full and "text_to_audio/mAP@R" in full, full
+    _check_plots_render_offline(repo_copy)
+
+    # restoring known params restores their outputs from DVC's run cache: no training, the same model bytes; register
+    # (a side effect, not restored) checks the gate again and registers nothing new
+    from multigeometry.registry.register import connect
+
+    registry = connect(f"sqlite:///{repo_copy / 'mlflow.db'}")
+    versions = len(registry.search_model_versions("name='multigeometry'"))
+    _set(repo_copy, "model.embed_dim", 128)
+    restored = _run(["dvc", "repro"], repo_copy)
+    assert _ran(restored) == ["register"] and restored.count("is cached - skipping run") == 2, restored
+    assert _sha(repo_copy / "data/models/default/model.pt") == first_model
+    assert json.loads((repo_copy / "data/eval/default/metrics.json").read_text()) == metrics
+    assert len(registry.search_model_versions("name='multigeometry'")) == versions
+
     _set(repo_copy, "registry.min_metric", 2.0)  # a registry knob re-runs only register; no model can pass now
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["register"]
     refused = json.loads((repo_copy / "data/registry/default/registration.json").read_text())
@@ -143,12 +186,9 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
     _set(repo_copy, "shard.max_samples", 4)  # a shard knob: shard, and train on the new shards
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard", "train", "evaluate", "register"]
 
-    _set(repo_copy, "model.embed_dim", 16)  # a training knob never re-runs a data stage
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train", "evaluate", "register"]
-
     _set(repo_copy, "data.world.n_items", 11)  # a data knob: everything downstream
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard", "train", "evaluate", "register"]
-    train_metrics = json.loads((repo_copy / "data/models/default/metrics/train.json").read_text())
+    train_metrics = json.loads((repo_copy / "metrics/runs/default/train.json").read_text())
     assert train_metrics["step"] >= 1
 
     metrics = _run(["dvc", "metrics", "show"], repo_copy)
@@ -172,3 +212,31 @@ def test_an_edited_source_folder_reruns_prepare(repo_copy: Path, tmp_path: Path)
 
     texts = set(pd.read_parquet(repo_copy / "data/raw/mydata/manifest.parquet")["text"])
     assert "an edited caption" in texts and "caption 3" not in texts
+
+
+def _check_plots_render_offline(repo: Path) -> None:
+    """`dvc plots show` writes a page that loads no script from the network (the inlined Vega of .dvc/plots/
+    offline.html) and draws the recall curves one line a direction."""
+    _run(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    page = (repo / "plots_html/index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page), "a script is loaded from elsewhere"
+    assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and 'var e="5.20.2"' in page
+    specs = [json.loads(m) for m in re.findall(r"var spec = (\{.*?\});\n", page, flags=re.S)]
+    recall = [s for s in specs if s["encoding"]["x"]["field"] == "k"]
+    assert len(recall) == 1 and recall[0]["encoding"]["color"]["field"] == "direction"
+    assert {row["direction"] for row in recall[0]["data"]["values"]} == {
+        "image_to_text", "text_to_image", "audio_to_text", "text_to_audio"}
+
+
+def test_a_preset_copied_over_params_keeps_dvc_status_working(tmp_path: Path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(REPO / name, repo / name)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    shutil.copy2(REPO / "presets/flickr30k.yaml", repo / "params.yaml")
+    _run(["git", "init", "-q"], repo)
+    status = _run(["dvc", "status"], repo)
+    for stage in ("prepare", "validate", "shard", "train", "evaluate", "register"):
+        assert f"{stage}:" in status, status  # every stage is listed as changed: nothing has run here
+    assert "data/models/flickr30k/model.pt" in _run(["dvc", "status", "train"], repo)

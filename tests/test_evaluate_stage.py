@@ -1,5 +1,5 @@
-"""The evaluate stage on a tiny trained world: metrics.json with flat keys, plot data, grids; and a cone model's
-containment metrics."""
+"""The evaluate stage on a tiny trained world: metrics.json with flat keys, the headline file and plot data (in git),
+grids; and a cone model's containment metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import pytest
 
 from multigeometry.config import params_from_dict
-from multigeometry.evaluation.report import CERTAIN_PLOT, METRICS_FILE, RECALL_PLOT
-from multigeometry.paths import eval_dir
+from multigeometry.evaluation.report import CERTAIN_PLOT, HEADLINE_FILE, METRICS_FILE, RECALL_PLOT
+from multigeometry.paths import eval_dir, run_reports_dir
 from multigeometry.stages.evaluate import evaluate
 from multigeometry.stages.train import train
 from tests.conftest import tiny_trained_raw
@@ -24,6 +24,8 @@ def test_evaluate_writes_metrics_plots_and_grids(tiny_trained):
     params, root = tiny_trained
     out = evaluate(params, root)
     assert out == eval_dir(params, root)
+    reports = run_reports_dir(params, root)
+    assert reports == root / "metrics/runs/tiny"
     metrics = json.loads((out / METRICS_FILE).read_text())
     for d in DIRECTIONS:
         for key in ("R@1", "R@5", "R@10", "median_rank", "mean_rank", "mAP@R", "uncertainty_spearman"):
@@ -37,10 +39,14 @@ def test_evaluate_writes_metrics_plots_and_grids(tiny_trained):
         assert 0.0 <= metrics[f"composition/{m}/R@1"] <= 1.0 and 0.0 <= metrics[f"composition/{m}/caption_R@1"] <= 1.0
     assert metrics["composition/n_compounds"] >= 2
     assert "composition/closed_form_R@1" not in metrics  # a closed form for cones only
-    with (out / RECALL_PLOT).open() as f:
+    headline = json.loads((reports / HEADLINE_FILE).read_text())  # what `dvc metrics show` lists: a few lines
+    assert {"mean_R@1", "mean_uncertainty_spearman", "composition/R@1", *(f"{d}/R@1" for d in DIRECTIONS)} <= set(
+        headline) and set(headline) < set(metrics) and len(headline) <= len(metrics) // 4
+    assert all(headline[k] == metrics[k] for k in headline)
+    with (reports / RECALL_PLOT).open() as f:
         rows = list(csv.DictReader(f))
     assert {r["direction"] for r in rows} == set(DIRECTIONS) and len(rows) == 4 * params.eval.curve_max_k
-    with (out / CERTAIN_PLOT).open() as f:
+    with (reports / CERTAIN_PLOT).open() as f:
         assert {int(r["most_certain_percent"]) for r in csv.DictReader(f)} == set(params.eval.uncertainty_quantiles)
     from PIL import Image
 

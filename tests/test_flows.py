@@ -28,7 +28,8 @@ def test_stage_specs_are_read_from_dvc_yaml():
         assert not any(k.startswith("orchestration") for k in spec.params)  # DVC stages never read them
         assert "${" not in "".join(spec.deps + spec.outs)
     assert "data/models/r1/model.pt" in load_stage("evaluate", params).deps
-    assert "data/eval/r1/metrics.json" in load_stage("evaluate", params).outs  # metrics count as outputs
+    assert "metrics/runs/r1/headline.json" in load_stage("evaluate", params).outs  # metrics count as outputs
+    assert "data/eval/r1/metrics.json" in load_stage("register", params).deps
     with pytest.raises(StageSpecError, match="no stage 'nope'"):
         load_stage("nope", params)
 
@@ -41,7 +42,7 @@ def test_a_training_knob_changes_only_the_train_key(tmp_path):
         same = stage_key(name, base, tmp_path) == stage_key(name, knob, tmp_path)
         assert same is (name != "train"), name  # evaluate and register re-run through the new model.pt they read
         assert stage_key(name, base, tmp_path) == stage_key(name, orchestration, tmp_path)
-    assert stage_key("train", base, tmp_path) != stage_key("train", base, tmp_path / "elsewhere")
+    assert stage_key("train", base, tmp_path) == stage_key("train", base, tmp_path / "elsewhere")  # not the root
 
 
 def test_dep_content_changes_the_key_and_missing_outputs_are_listed(tmp_path):
@@ -52,6 +53,10 @@ def test_dep_content_changes_the_key_and_missing_outputs_are_listed(tmp_path):
     before = stage_key("shard", params, tmp_path)
     (validated / "manifest.parquet").write_bytes(b"two")
     assert stage_key("shard", params, tmp_path) != before
+    copy = tmp_path / "copy"  # the same data in another folder: the same key (a scheduled run finds the cache)
+    (copy / "data/validated/world").mkdir(parents=True)
+    (copy / "data/validated/world/manifest.parquet").write_bytes(b"two")
+    assert stage_key("shard", params, copy) == stage_key("shard", params, tmp_path)
     assert missing_outputs(load_stage("shard", params), tmp_path) == ["data/shards/world"]
     (tmp_path / "data/shards/world").mkdir(parents=True)
     assert missing_outputs(load_stage("shard", params), tmp_path) == []

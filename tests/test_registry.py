@@ -16,12 +16,13 @@ from multigeometry.config import Params, ParamsError, params_from_dict
 def write_metrics(params: Params, root: Path, model_path: Path | None = None, out: Path | None = None) -> Path:
     """The evaluate stage's metrics.json: the model's real metrics on eval.split."""
     from multigeometry.evaluation import evaluate_trained
+    from multigeometry.evaluation.report import METRICS_FILE
     from multigeometry.inference import load_trained
     from multigeometry.io import write_json_atomic
     from multigeometry.paths import eval_dir, models_dir
 
     model_path = model_path or models_dir(params, root) / "model.pt"
-    out = out or eval_dir(params, root) / "metrics.json"
+    out = out or eval_dir(params, root) / METRICS_FILE
     write_json_atomic(out, evaluate_trained(load_trained(model_path), root, params.eval.split, params.eval))
     return out
 
@@ -69,7 +70,8 @@ def champion(registered, tmp_path_factory):
     [
         (0.5, 0.0, None, True, "no champion yet"),
         (0.5, 0.6, None, False, "below registry.min_metric"),
-        (0.5, 0.0, 0.5, True, "champion's 0.5000"),
+        (0.5, 0.0, 0.5, False, "ties the champion's 0.5000: the champion stays"),
+        (0.6, 0.0, 0.5, True, "above the champion's 0.5000"),
         (0.4, 0.0, 0.5, False, "below the champion's 0.5000"),
         (float("nan"), 0.0, None, False, "NaN"),
     ],
@@ -127,9 +129,45 @@ def test_register_creates_a_version_with_alias_and_tags(registered):
     tags = version.tags
     metrics = json.loads((root / "data/eval/tiny/metrics.json").read_text())
     assert float(tags["multigeometry.metric.mean_R_at_1"]) == pytest.approx(metrics["mean_R@1"])
-    for key in ("git_commit", "params_hash", "dvc_data_hash", "eval_data_hash", "eval_params_hash", "model_sha256"):
+    for key in ("git_commit", "params_hash", "dvc_data_hash", "eval_data_hash", "eval_params_hash", "model_sha256",
+                "weights_sha256"):
         assert tags[f"multigeometry.{key}"], key
+    assert tags["multigeometry.dataset"] == "world" and tags["multigeometry.modalities"] == "audio,image,text"
     assert (root / "data/registry/tiny/registration.json").is_file()
+
+
+def test_the_version_links_to_its_training_run(registered):
+    """Lineage. Training runs are named by run name and time. In the training run's own store the model is logged
+    into that run, so the version's run holds the training params and metrics beside the evaluation's; in another
+    store a registration run records the params and the training run's id."""
+    import re
+
+    import torch
+    from mlflow import MlflowClient
+
+    from multigeometry.registry.register import connect, register_model
+
+    params, root, outcome = registered
+    train_run_id = torch.load(root / "data/models/tiny/model.pt", map_location="cpu", weights_only=True)["info"][
+        "mlflow_run_id"]
+    train_client = MlflowClient(tracking_uri=params.train.tracking_uri)
+    run = train_client.get_run(train_run_id)
+    assert re.fullmatch(r"tiny-\d{8}-\d{6}", run.info.run_name) and run.data.tags["multigeometry.run_name"] == "tiny"
+
+    other_store = connect(params.registry.tracking_uri).get_model_version_by_alias("tiny-model", "champion")
+    assert other_store.tags["multigeometry.train_run_id"] == train_run_id != other_store.run_id
+    registration = MlflowClient(tracking_uri=params.registry.tracking_uri).get_run(other_store.run_id)
+    assert registration.data.params["model.geometry"] == "mixture"
+    assert registration.data.tags["multigeometry.train_run_id"] == train_run_id
+
+    same_store = with_registry(params, tracking_uri=params.train.tracking_uri, model_name="tiny-lineage")
+    linked = register_model(same_store, root, root / "data/models/tiny/model.pt", root / "data/eval/tiny/metrics.json")
+    assert linked["registered"] and linked["run_id"] == train_run_id
+    version = connect(params.train.tracking_uri).get_model_version_by_alias("tiny-lineage", "champion")
+    assert version.run_id == train_run_id
+    run = train_client.get_run(train_run_id)
+    assert {"train/loss", "val/mean_R_at_1", "eval/mean_R_at_1"} <= set(run.data.metrics)
+    assert run.data.params["train.run_name"] == "tiny"
 
 
 def test_registering_the_champion_again_adds_no_version(registered):
@@ -139,10 +177,79 @@ def test_registering_the_champion_again_adds_no_version(registered):
     params, root, _ = registered
     outcome = json.loads(register(params, root).read_text())
     assert outcome["registered"] is True and outcome["version"] == "1"
-    assert "already the champion" in outcome["gate"]["reason"]
+    assert "weights are the champion's" in outcome["gate"]["reason"]
     assert outcome["gate"]["champion_source"] == "tags"
     client = connect(params.registry.tracking_uri)
     assert [str(v.version) for v in client.search_model_versions("name='tiny-model'")] == ["1"]
+
+
+def test_a_retrain_to_the_same_weights_registers_nothing(registered, tmp_path):
+    """Other model.pt bytes (another MLflow run, another time), the same tensors: nothing new, the champion stays."""
+    import torch
+
+    from multigeometry.registry.register import connect, register_model, weights_sha256
+
+    params, root, _ = registered
+    state = torch.load(root / "data/models/tiny/model.pt", map_location="cpu", weights_only=True)
+    state["info"] = {**state["info"], "mlflow_run_id": "another-run", "retrained": True}
+    again = tmp_path / "model.pt"
+    torch.save(state, again)
+    assert again.read_bytes() != (root / "data/models/tiny/model.pt").read_bytes()
+    assert weights_sha256(again) == weights_sha256(root / "data/models/tiny/model.pt")
+    outcome = register_model(params, root, again, root / "data/eval/tiny/metrics.json")
+    assert outcome["version"] == "1" and "weights are the champion's" in outcome["gate"]["reason"]
+    client = connect(params.registry.tracking_uri)
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-model'")] == ["1"]
+
+
+def test_a_model_of_another_dataset_is_not_compared_with_the_champion(registered, tmp_path):
+    import torch
+
+    from multigeometry.registry.register import connect, register_model
+
+    params, root, _ = registered
+    state = torch.load(root / "data/models/tiny/model.pt", map_location="cpu", weights_only=True)
+    state["params"]["data"]["dataset"] = "stdlib"  # the champion is the world's
+    other = tmp_path / "model.pt"
+    torch.save(state, other)
+    outcome = register_model(params, root, other, root / "data/eval/tiny/metrics.json")
+    assert outcome["registered"] is False
+    reason = outcome["gate"]["reason"]
+    assert "dataset 'world'" in reason and "'stdlib'" in reason and "registry.model_name=tiny-model-stdlib" in reason
+    assert str(connect(params.registry.tracking_uri).get_model_version_by_alias("tiny-model", "champion").version) \
+        == "1"
+
+
+def test_the_registered_model_loads_without_the_package_installed(registered, champion, tmp_path):
+    """Models-from-code: no pickled python_model, and the model's own copy of the code loads and embeds in a Python
+    that cannot import this repository's package."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    import mlflow
+
+    from multigeometry.registry.register import connect
+
+    params, root, _ = registered
+    connect(params.registry.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts("models:/tiny-model@champion", dst_path=str(tmp_path / "m")))
+    assert not list(local.rglob("*.pkl")) and (local / "code" / "multigeometry" / "registry" / "pyfunc.py").is_file()
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = {[sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']]!r}\n"
+        "try:\n    import multigeometry\nexcept ImportError:\n    pass\n"
+        "else:\n    raise SystemExit('multigeometry is importable: ' + multigeometry.__file__)\n"
+        "import mlflow, pandas as pd\n"
+        f"out = mlflow.pyfunc.load_model({str(local)!r}).predict(pd.DataFrame({{'text': ['a red circle']}}))\n"
+        "import multigeometry\n"
+        "print(multigeometry.__file__, list(out['modality']), len(out['means'][0]))\n"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    where, rest = done.stdout.split(" ", 1)
+    assert Path(where).is_relative_to(local / "code") and "['text'] 2" in rest, done.stdout
 
 
 def _perturbed(model_path: Path, out: Path, seed: int) -> Path:
@@ -350,6 +457,44 @@ def test_search_builds_the_index_once_and_ranks_by_similarity(registered, champi
         load_or_build(trained, "0" * 64, shards_dir(params, root), "test", tmp_path)
 
 
+def test_search_gives_calibrated_match_probabilities_and_says_no_match(registered, champion, tmp_path):
+    """Platt scaling on the split's own pairs: matching pairs get higher match probabilities than the rest; the
+    split's captions mostly find a likely match, and a query unlike anything in the index is flagged no_match."""
+    import statistics
+
+    from multigeometry.calibration import match_probability, pair_scores
+    from multigeometry.evaluation.embed import embed_split
+    from multigeometry.geometry.mixture import MixtureParams
+    from multigeometry.paths import shards_dir
+    from multigeometry.registry.tools import open_index
+    from multigeometry.search import search
+
+    params, root, _ = registered
+    trained = champion.trained
+    index, built = open_index(params, champion, tmp_path / "idx", "test", root)
+    assert built and {"text->image", "image->text", "text->audio", "audio->text"} <= set(index.calibration)
+    a, b = index.calibration["text->image"]
+    assert a > 0  # a higher similarity is a likelier match
+    emb = embed_split(trained, shards_dir(params, root), "test", batch_size=8)
+    positives, negatives = pair_scores(emb.dists["text"], emb.groups("text"), emb.dists["image"],
+                                       emb.groups("image"), trained.similarity)
+    p_pos = statistics.mean(match_probability(float(s), a, b) for s in positives)
+    p_neg = statistics.mean(match_probability(float(s), a, b) for s in negatives)
+    assert p_pos > 0.5 > p_neg, (p_pos, p_neg)
+
+    texts = index.dists["text"]
+    answered = [search(trained, index, texts.map(lambda t, i=i: t[i : i + 1]), 3, ["image"], query_modality="text")
+                for i in range(texts.batch_size)]
+    assert all(0.0 <= r["match_prob"] <= 1.0 for rows in answered for r in rows)
+    assert sum(not rows[0]["no_match"] for rows in answered) >= len(answered) / 2
+    first = texts.map(lambda t: t[:1])
+    assert isinstance(first, MixtureParams)
+    unlike = MixtureParams(first.logits, -first.mu, first.logvar)  # the means turned around: far from every item
+    rows = search(trained, index, unlike, 3, ["image"], query_modality="text")
+    assert all(r["no_match"] for r in rows) and rows[0]["match_prob"] < 0.5
+    assert 0.0 <= rows[0]["query_uncertainty_pct"] <= 100.0
+
+
 def test_cli_embed_and_search(registered, champion, tmp_path, monkeypatch, capsys):
     from multigeometry.cli import main
 
@@ -371,6 +516,16 @@ def test_cli_embed_and_search(registered, champion, tmp_path, monkeypatch, capsy
                  "--target", "image", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in found] == [1, 2] and {r["modality"] for r in found} == {"image"}
+    assert {"match_prob", "no_match", "query_uncertainty"} <= set(found[0])
+    # `--query -`: a query a line from standard input, the model and the index loaded once
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a red circle\n\na blue square\n"))
+    assert main(["search", *base, "--index", str(tmp_path / "idx"), "--query", "-", "-k", "1", "--target", "image",
+                 "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and [json.loads(line)[0]["rank"] for line in lines] == [1, 1]
+    assert json.loads(lines[0]) == found[:1]  # the same answer as the one-shot command
 
 
 def test_a_champion_that_cannot_be_compared_refuses(registered, monkeypatch):

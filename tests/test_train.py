@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from multigeometry.config import params_from_dict
+from multigeometry.paths import run_reports_dir
 from multigeometry.stages.prepare import prepare
 from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
@@ -73,24 +74,32 @@ def test_tiny_model_learns(world):
     first = sum(h["train/loss"] for h in history[:5]) / 5
     last = sum(h["train/loss"] for h in history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
-    metrics = read_train_metrics(out)
+    metrics = read_train_metrics(params, world)
     val_items = 16  # about 10% of 160 groups
     chance = 1 / val_items
     assert metrics["val/mean_R@1"] >= 5 * chance, metrics
-    assert (out / MODEL_FILE).is_file() and (out / "plots" / "loss.csv").is_file()
+    assert (out / MODEL_FILE).is_file() and (run_reports_dir(params, world) / "plots/loss.csv").is_file()
 
 
-def test_mlflow_run_is_read_back(world):
+def test_mlflow_run_is_read_back(world, caplog):
+    import logging
+    import re
+
     from mlflow.tracking import MlflowClient
 
     params = params_from_dict(
         train_raw(world, run_name="tracked", epochs=1, val_every=2, log_every=1, experiment="readback")
     )
-    train_model(params, world)
+    with caplog.at_level(logging.INFO, logger="multigeometry.training.loop"):
+        train_model(params, world)
+    # a line a `log_every` steps for runs without a terminal: step, loss, lr, samples/s, time left
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    shape = r"step \d+/\d+ \(\d+%\) loss [\d.]+ lr \S+ [\d.]+ samples/s eta (\d+m\d\ds|\d+h\d\dm)"
+    assert lines and all(re.fullmatch(shape, line) for line in lines), lines
     client = MlflowClient(tracking_uri=params.train.tracking_uri)
     experiment = client.get_experiment_by_name("readback")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and re.fullmatch(r"tracked-\d{8}-\d{6}", run.info.run_name)
     assert run.data.params["model.geometry"] == "mixture"
     assert run.data.params["train.lr"] == str(params.train.lr)
     for key in ("train/loss", "train/lr", "train/samples_per_s", "val/mean_R_at_1", "train/image-text/contrastive"):
@@ -173,7 +182,7 @@ def test_torchrun_two_ranks_with_gloo(world, tmp_path):
         timeout=600,
     )
     out = world / "data" / "models" / "ddp"
-    assert read_train_metrics(out)["step"] > 0
+    assert read_train_metrics(params_from_dict({"train": {"run_name": "ddp"}}), world)["step"] > 0
     assert (out / MODEL_FILE).is_file()
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
     assert state["world_size"] == 2 and len(state["rng"]) == 2

@@ -66,7 +66,7 @@ def test_raw_inputs_through_backbones_train_a_few_steps(tmp_path: Path, backbone
     init = initial_state(params, tmp_path)
     out = train_model(params, tmp_path)
 
-    metrics = read_train_metrics(out)
+    metrics = read_train_metrics(params, tmp_path)
     assert metrics["step"] == 3 and torch.isfinite(torch.tensor(metrics["train/loss"]))
     trained = load_trained(out / MODEL_FILE)
     state = trained.model.state_dict()

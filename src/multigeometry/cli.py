@@ -69,7 +69,8 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
     _model_inputs(p, "--text")
     _common(p)
     p.set_defaults(run=_embed, pass_args=True)
-    text = "Search an index of a split (built once in --index DIR) with one query; top k items with scores."
+    text = ("Search an index of a split (built once in --index DIR) with one query, or with one query a line from "
+            "standard input (--query -: the model stays loaded); top k items with scores and match probabilities.")
     p = sub.add_parser("search", help=text, description=text)
     _model_inputs(p, "--query")
     p.add_argument("--index", required=True, type=Path, metavar="DIR", help="the index folder (built when missing)")
@@ -94,17 +95,23 @@ def _embed(params: object, args: argparse.Namespace) -> None:
 def _search(params: object, args: argparse.Namespace) -> None:
     import json
 
-    from multigeometry.registry.tools import format_results, load_registered, one_record, run_search
+    from multigeometry.registry.tools import format_results, load_registered, one_record, open_index, query_index
 
     if args.k is not None and args.k < 1:
         raise ValueError(f"-k {args.k}: must be >= 1")
     cfg = params.registry  # type: ignore[attr-defined]
-    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
     model = load_registered(params, args.model)  # type: ignore[arg-type]
-    rows, built = run_search(params, model, args.index, record, args.k or cfg.search_k,  # type: ignore[arg-type]
-                             args.split or cfg.search_split, args.target)
+    index, built = open_index(params, model, args.index, args.split or cfg.search_split)  # type: ignore[arg-type]
     logging.getLogger("multigeometry").info("index %s: %s", args.index, "built" if built else "reused")
-    sys.stdout.write((json.dumps(rows) if args.json else format_results(rows)) + "\n")
+    # `--query -`: one query a line from standard input, the model and the index loaded once
+    texts = (line.rstrip("\n") for line in sys.stdin) if args.text == "-" else [args.text]
+    for text in texts:
+        if args.text == "-" and not text.strip():
+            continue
+        record = one_record(text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
+        rows = query_index(params, model, index, record, args.k or cfg.search_k, args.target)  # type: ignore[arg-type]
+        sys.stdout.write((json.dumps(rows) if args.json else format_results(rows)) + "\n")
+        sys.stdout.flush()
 
 
 def _print_params(params: object) -> None:

@@ -426,7 +426,7 @@ class RegistryConfig:
     model_name: str = "multigeometry"  # the registered model's name
     alias: str = "champion"  # moved to each version that passes the gate
     gate_metric: str = "mean_R@1"  # a key of the evaluate stage's metrics.json; higher is better
-    min_metric: float = 0.0  # the gate: gate_metric >= min_metric and >= the current champion's
+    min_metric: float = 0.0  # the gate: gate_metric >= min_metric and > the current champion's
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db (as train.tracking_uri)
     experiment: str = "multigeometry-registry"  # the experiment of the runs that log the pyfunc model
     search_split: Literal["train", "val", "test"] = "test"  # what `multigeometry search` indexes by default
@@ -441,7 +441,7 @@ class RegistryConfig:
             raise ParamsError(f"registry.alias: {self.alias!r} must be letters, digits, '_' or '-', start with a "
                               "letter or '_', and not be 'latest' or v<digits> (MLflow reserves them)")
         if not self.gate_metric:
-            raise ParamsError("registry.gate_metric: empty; name a key of the evaluate stage's metrics.json")
+            raise ParamsError("registry.gate_metric: empty; name a key of data/eval/<run>/metrics.json")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,15 @@
 top k items of a query by the model's similarity, with their scores and uncertainties.
 
 An index folder holds `search_index.json` (what it was built from: the model's sha256, the split and its shard
-contents; sample ids and texts) and `embeddings.pt` (each modality's distribution tensors). It is written whole into
-a staging folder and renamed into place (`io.atomic_dir`), and it is rebuilt only when the model or the data changed,
-or when it is damaged (a cut or missing file, a JSON that is not an index, rows that do not match): with a warning.
+contents; sample ids, texts, and the calibration of each query -> item modality pair) and `embeddings.pt` (each
+modality's distribution tensors). It is written whole into a staging folder and renamed into place (`io.atomic_dir`),
+and it is rebuilt only when the model or the data changed, or when it is damaged (a cut or missing file, a JSON that
+is not an index, rows that do not match): with a warning.
+
+Every result carries `match_prob`, the calibrated probability that it matches the query (`calibration.py`: Platt
+scaling of the similarity on the split's own pairs), and `no_match`, true for all results of a modality when even
+the best one is more likely not a match; and the query's uncertainty with its percentile among the index's items of
+the query's modality (`query_uncertainty_pct`: 99 means more uncertain than 99 % of them).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 
 INDEX_JSON = "search_index.json"
 TENSORS = "embeddings.pt"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 class SearchIndexError(ValueError):
@@ -68,6 +74,7 @@ class SearchIndex:
     texts: dict[str, list[str]]  # the split's raw text and code by row ("" where absent)
     rows: dict[str, torch.Tensor]  # modality -> the split rows that carry it
     dists: dict[str, Distribution]  # modality -> their distributions, in `rows` order
+    calibration: dict[str, list[float]]  # "<query modality>-><item modality>" -> Platt (a, b)
 
     @property
     def modalities(self) -> list[str]:
@@ -80,14 +87,30 @@ def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path,
     from multigeometry.io import atomic_dir
 
     emb = embed_split(trained, shards_root, split, batch_size, verify="size")
-    index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists)
+    index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists, calibrate(trained, emb))
     with atomic_dir(out) as staging:
         torch.save({m: {"rows": index.rows[m], **dist_to_tensors(index.dists[m])} for m in index.dists},
                    staging / TENSORS)
-        meta = {"key": key, "sample_ids": index.sample_ids, "texts": index.texts}
+        meta = {"key": key, "sample_ids": index.sample_ids, "texts": index.texts, "calibration": index.calibration}
         (staging / INDEX_JSON).write_text(json.dumps(meta, sort_keys=True))
     log.info("search index of %s (%d samples) written to %s", split, len(index.sample_ids), out)
     return index
+
+
+def calibrate(trained: TrainedModel, emb: Any) -> dict[str, list[float]]:
+    """Platt (a, b) for every ordered pair of the split's modalities, from its own matching and other pairs."""
+    from multigeometry.calibration import fit_platt, pair_scores
+
+    out: dict[str, list[float]] = {}
+    for q in emb.dists:
+        for m in emb.dists:
+            if q == m:
+                continue
+            positives, negatives = pair_scores(emb.dists[q], emb.groups(q), emb.dists[m], emb.groups(m),
+                                               trained.similarity)
+            if positives.numel() and negatives.numel():
+                out[f"{q}->{m}"] = list(fit_platt(positives, negatives))
+    return out
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
@@ -121,7 +144,8 @@ def read_index_dir(folder: Path) -> SearchIndex:
     for m, r in rows.items():
         if r.ndim != 1 or r.numel() != dists[m].batch_size or (r.numel() and not 0 <= int(r.min()) <= int(r.max()) < n):
             raise SearchIndexError(f"{folder}: the {m} rows do not match its {n} sample ids")
-    return SearchIndex(key=meta["key"], sample_ids=meta["sample_ids"], texts=meta["texts"], rows=rows, dists=dists)
+    return SearchIndex(key=meta["key"], sample_ids=meta["sample_ids"], texts=meta["texts"], rows=rows, dists=dists,
+                       calibration=meta.get("calibration", {}))
 
 
 def load_or_build(trained: TrainedModel, model_sha256: str, shards_root: Path, split: str, folder: Path,
@@ -144,9 +168,12 @@ def load_or_build(trained: TrainedModel, model_sha256: str, shards_root: Path, s
 
 
 def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: int, targets: list[str] | None = None,
-           block_size: int = 1024) -> list[dict[str, Any]]:
-    """The top `k` items of each target modality (default: every modality of the index) for ONE query: rows of
-    rank, modality, sample_id, score (the model's similarity), uncertainty (the item's) and the sample's text."""
+           block_size: int = 1024, query_modality: str = "text") -> list[dict[str, Any]]:
+    """The top `k` items of each target modality (default: every modality of the index) for ONE query of
+    `query_modality`: rows of rank, modality, sample_id, score (the model's similarity), match_prob and
+    no_match (calibrated), uncertainty (the item's) and the sample's text, with the query's uncertainty and its
+    percentile among the index's items of its modality."""
+    from multigeometry.calibration import match_probability
     from multigeometry.evaluation.retrieval import blockwise_topk
     from multigeometry.evaluation.uncertainty import query_uncertainty
 
@@ -160,10 +187,18 @@ def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: in
     measure = trained.params.eval.mixture_uncertainty
     results: list[dict[str, Any]] = []
     with torch.no_grad():
+        mine = query_uncertainty(query, measure)
+        own = query_uncertainty(index.dists[query_modality], measure) if query_modality in index.dists else None
+        q_unc = float(mine[0]) if mine is not None else float("nan")
+        q_pct = (100.0 * float((own.cpu() < q_unc).double().mean()) if own is not None and mine is not None
+                 else float("nan"))
         for m in targets:
             items = index.dists[m].map(lambda t: t.to(device))
             scores, top = blockwise_topk(query.map(lambda t: t.to(device)), items, trained.similarity, k, block_size)
             uncertainty = query_uncertainty(items, measure)
+            a_b = index.calibration.get(f"{query_modality}->{m}")
+            probs = [match_probability(float(sc), *a_b) if a_b else float("nan") for sc in scores[0].tolist()]
+            no_match = bool(a_b) and max(probs, default=0.0) < 0.5
             for rank, (score, i) in enumerate(zip(scores[0].tolist(), top[0].tolist(), strict=True), start=1):
                 row = int(index.rows[m][i])
                 results.append({
@@ -171,8 +206,12 @@ def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: in
                     "rank": rank,
                     "sample_id": index.sample_ids[row],
                     "score": float(score),
+                    "match_prob": probs[rank - 1],
+                    "no_match": no_match,
+                    "query_uncertainty": q_unc,
+                    "query_uncertainty_pct": q_pct,
                     "uncertainty": float(uncertainty[i]) if uncertainty is not None else float("nan"),
-                    "text": index.texts.get("text", [""] * len(index.sample_ids))[row] if "text" in index.texts
+                    "text": index.texts["text"][row] if "text" in index.texts
                     else "",
                 })
     return results

@@ -19,7 +19,7 @@ def load_tokenizer(name: str) -> Any:
 
     from multigeometry.models.catalogue import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    return AutoTokenizer.from_pretrained(resolve_model(name, "loader.tokenizer"))
 
 
 class Collator:

@@ -599,7 +599,7 @@ def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfi
     if entry is not None and modality not in entry.modality:
         log.warning("%s.model=%r is catalogued for %s, not %s", where, cfg.model, "/".join(entry.modality), modality)
     try:
-        path = resolve_model(cfg.model)
+        path = resolve_model(cfg.model, f"{where}.model")
     except (FileNotFoundError, ModelNotAvailableError) as e:
         raise type(e)(f"{where}.model: {e}") from e
     try:

@@ -1,5 +1,7 @@
-"""What the evaluate stage writes: flat `metrics.json`, plot data for `dvc plots` (recall@K, R@1 of the most certain
-queries) and a PNG grid of the top retrievals per direction."""
+"""What the evaluate stage writes: flat `metrics.json` (every metric) and a PNG grid of the top retrievals per direction
+under `data/eval/<run>/`; `headline.json` (the few that `dvc metrics show` lists) and plot data for `dvc plots`
+(recall@K, R@1 of the most certain queries, long format with a `direction` column, drawn one line a direction) under
+`metrics/runs/<run>/`, which git keeps."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from multigeometry.evaluation.suite import EvalResult, TopK
 from multigeometry.io import atomic_path, write_json_atomic
 
 METRICS_FILE = "metrics.json"
+HEADLINE_FILE = "headline.json"
 RECALL_PLOT = "plots/recall_at_k.csv"
 CERTAIN_PLOT = "plots/certain_r1.csv"
 GRID_DIR = "grids"
@@ -26,17 +29,29 @@ def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) -
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def write_report(result: EvalResult, out: Path, shards_root: Path) -> dict[str, float]:
-    """Writes everything under `out`; returns the metrics."""
-    out = Path(out)
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """The summary `dvc metrics show` lists: the means (keys without "/"), each direction's R@1, and the hierarchy and
+    composition summaries (`hierarchy/containment_AUC`, `composition/R@1`, ...)."""
+    def keep(key: str) -> bool:
+        parts = key.split("/")
+        return len(parts) == 1 or (len(parts) == 2 and (parts[1] == "R@1" or parts[0] in ("hierarchy", "composition")))
+
+    return {k: v for k, v in sorted(metrics.items()) if keep(k)}
+
+
+def write_report(result: EvalResult, out: Path, reports: Path, shards_root: Path) -> dict[str, float]:
+    """Every metric and the top-k grids under `out` (data/eval/<run>), the headline and plot data under `reports`
+    (metrics/runs/<run>); returns the metrics."""
+    out, reports = Path(out), Path(reports)
     write_json_atomic(out / METRICS_FILE, dict(sorted(result.metrics.items())))
+    write_json_atomic(reports / HEADLINE_FILE, headline(result.metrics))
     write_csv(
-        out / RECALL_PLOT,
+        reports / RECALL_PLOT,
         ["direction", "k", "recall"],
         ((d, k, f"{r:.6g}") for d, curve in result.recall_curves.items() for k, r in enumerate(curve, start=1)),
     )
     write_csv(
-        out / CERTAIN_PLOT,
+        reports / CERTAIN_PLOT,
         ["direction", "most_certain_percent", "R_at_1"],
         ((d, q, f"{r:.6g}") for d, curve in result.certain_curves.items() for q, r in sorted(curve.items())),
     )

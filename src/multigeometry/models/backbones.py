@@ -567,7 +567,7 @@ def load_backbone(
         return load_torchvision(name[len(TORCHVISION_PREFIX) :], where)
     _check_catalogue(modality, name, where)
     try:
-        path = resolve_model(name)
+        path = resolve_model(name, f"{where}.backbone")
     except (FileNotFoundError, ModelNotAvailableError) as e:
         raise type(e)(f"{where}.backbone: {e}") from e
     try:

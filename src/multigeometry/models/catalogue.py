@@ -204,8 +204,9 @@ def catalogue_entry(name: str) -> CatalogueEntry | None:
     return CATALOGUE.get(name)
 
 
-def resolve_model(name: str) -> str:
-    """A local folder for a catalogue name, the path itself for an existing local path, else ``name`` unchanged."""
+def resolve_model(name: str, where: str = "model") -> str:
+    """A local folder for a catalogue name, the path itself for an existing local path, else ``name`` unchanged (a
+    hub id; with no hub reachable it must be in the local cache, else a `hub.HubUnavailable` naming ``where``)."""
     if not name or not name.strip():
         raise ValueError("resolve_model: empty model name")
     entry = CATALOGUE.get(name)
@@ -218,6 +219,9 @@ def resolve_model(name: str) -> str:
         raise FileNotFoundError(
             f"model {name!r}: no such local path (and it is not a catalogue name: {', '.join(CATALOGUE)})"
         )
+    from multigeometry.hub import require_model
+
+    require_model(name, where)
     return name
 
 

@@ -5,6 +5,9 @@
 `model.pt`, the tokenizer (when text or code are tokenised), the pretrained feature models (`features.*`) and
 pretrained backbones (`model.*.backbone`), and `package.json`, which maps them. `load_package` rewrites the params
 to point at these copies, so a loaded model never asks the hub or the catalogue's cache for anything.
+
+The model is logged as code (`model_code.py`) with the `multigeometry` package as its code path: it loads where
+the package is not installed, and nothing is pickled.
 """
 
 from __future__ import annotations
@@ -82,11 +85,15 @@ def build_package(model_path: Path, out: Path) -> dict[str, Any]:
     shutil.copy2(model_path, out / "model.pt")
     meta: dict[str, Any] = {"format": PACKAGE_FORMAT, "model_sha256": sha256_file(out / "model.pt"),
                             "modalities": used, "features": {}, "backbones": {}, "tokenizer": None}
+    copied: dict[Path, str] = {}  # a model two modalities share (text and code: all-minilm-l6-v2) is packaged once
     for m in used:
         name = raw.get("features", {}).get(m, {}).get("model", "")
         if name:
-            _copy_model_files(_local_copy(name, f"features.{m}.model"), out / "features" / m, f"features.{m}.model")
-            meta["features"][m] = f"features/{m}"
+            source = _local_copy(name, f"features.{m}.model").resolve()
+            if source not in copied:
+                _copy_model_files(source, out / "features" / m, f"features.{m}.model")
+                copied[source] = f"features/{m}"
+            meta["features"][m] = copied[source]
         backbone = raw["model"][m].get("backbone", "")
         if raw["model"][m].get("input") == "raw" and backbone and not backbone.startswith("torchvision:"):
             _copy_model_files(_local_copy(backbone, f"model.{m}.backbone"), out / "backbones" / m,
@@ -192,13 +199,6 @@ class MultigeometryModel(mlflow.pyfunc.PythonModel):
         records = frame_records(model_input, self.trained.modalities)
         return output_frame(self.trained, self.embedder.embed(records), len(records))
 
-    def __getstate__(self) -> dict[str, Any]:  # pickled empty: everything comes back from the package artifact
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.trained = None
-        self.embedder = None
-
 
 def input_schema(modalities: list[str]) -> Any:
     """Optional columns, one per modality: `text` and `code` strings, `image` and `audio` bytes or a path."""
@@ -221,7 +221,7 @@ def pip_requirements() -> list[str]:
     """Exact versions of what the model imports, so an environment can be rebuilt without inferring them (which
     would load the model in a subprocess)."""
     out = []
-    for name in ("multigeometry", *REQUIREMENTS):
+    for name in REQUIREMENTS:  # not multigeometry itself: its code travels with the model (code_paths)
         try:
             out.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
@@ -245,9 +245,11 @@ def log_pyfunc(model_path: Path, name: str = "model", registered_model_name: str
 
         signature = ModelSignature(inputs=input_schema(meta["modalities"]),
                                    outputs=infer_signature(example, output).outputs)
+        package_dir = Path(__file__).resolve().parents[1]
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=MultigeometryModel(),
+            python_model=str(Path(__file__).with_name("model_code.py")),
+            code_paths=[str(package_dir)],
             artifacts={PACKAGE_ARTIFACT: str(folder)},
             signature=signature,
             input_example=example,

@@ -1,10 +1,17 @@
 """Registration with a gate: the trained model becomes a new version of `registry.model_name`, and `registry.alias`
-moves to it, only when its gate metric is at least `registry.min_metric` and at least the current champion's on the
-same evaluation data. The champion's own number comes from its tags when they record the same evaluation data and
-eval params, else from evaluating its packaged model again here."""
+moves to it, only when its gate metric is at least `registry.min_metric` and above the current champion's on the
+same evaluation data (a tie keeps the champion). The champion's own number comes from its tags when they record the
+same evaluation data and eval params, else from evaluating its packaged model again here. A champion of another
+dataset or other modalities is never compared: the model is refused and the outcome says to give it its own
+`registry.model_name`. A model whose weights are the champion's (by a hash of the tensors, not of model.pt's bytes)
+registers nothing.
+
+Lineage: when the training run is in the registry's store, the model is logged into that run (its params, metrics
+and the model version link up in MLflow); otherwise a registration run carries its params and the run's id."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,6 +19,7 @@ import logging
 import math
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +72,34 @@ def git_commit(root: Path) -> str:
         return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def weights_sha256(model_path: Path) -> str:
+    """A hash of the model's tensors (names, dtypes, shapes, values) and logit scale: the same for two trainings that
+    end with the same weights, whatever else model.pt records (its MLflow run, the time)."""
+    import torch
+
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state["model"].items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest.update(repr(float(state["logit_scale"])).encode())
+    return digest.hexdigest()
+
+
+def model_identity(model_path: Path) -> dict[str, str]:
+    """What the gate compares before any metric: the dataset and the modalities the model embeds, and the training
+    run that made it (from model.pt)."""
+    import torch
+
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    raw, info = state["params"], state.get("info", {})
+    modalities = sorted({m for p in raw["pairs"]["pairs"] for m in (p["a"], p["b"])})
+    return {"dataset": raw["data"]["dataset"], "modalities": ",".join(modalities),
+            "train_run_id": str(info.get("mlflow_run_id") or ""),
+            "train_tracking_uri": str(info.get("mlflow_tracking_uri") or "")}
 
 
 def params_hash(model_path: Path) -> str:
@@ -141,9 +177,11 @@ def decide(metric: str, value: float, min_metric: float, champion_value: float |
         return False, f"{metric}={value:.4f} is below registry.min_metric={min_metric:.4f}"
     if champion_value is not None and value < champion_value:
         return False, f"{metric}={value:.4f} is below the champion's {champion_value:.4f} on the same data"
+    if champion_value is not None and value == champion_value:
+        return False, f"{metric}={value:.4f} ties the champion's {champion_value:.4f}: the champion stays"
     if champion_value is None:
         return True, f"{metric}={value:.4f} >= registry.min_metric={min_metric:.4f} and there is no champion yet"
-    return True, (f"{metric}={value:.4f} >= registry.min_metric={min_metric:.4f} and >= the champion's "
+    return True, (f"{metric}={value:.4f} >= registry.min_metric={min_metric:.4f} and above the champion's "
                   f"{champion_value:.4f}")
 
 
@@ -203,13 +241,58 @@ def read_metrics(path: Path, gate_metric: str) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def _other_kind(champion: Any, identity: dict[str, str], model_name: str) -> str:
+    """Why the champion cannot be compared with this model (another dataset or other modalities), or ""."""
+    tags = champion.tags or {}
+    theirs = {k: tags.get(f"{TAG_PREFIX}{k}") for k in ("dataset", "modalities")}
+    ours = {k: identity[k] for k in theirs}
+    differ = [k for k in theirs if theirs[k] is not None and theirs[k] != ours[k]]
+    if not differ:
+        return ""
+    return (f"the champion (version {champion.version}) is a model of dataset {theirs['dataset']!r} with modalities "
+            f"{theirs['modalities']}; this one of {ours['dataset']!r} with {ours['modalities']}: models of different "
+            f"{' and '.join(differ)} are not compared. Register it under its own name, e.g. "
+            f"registry.model_name={model_name}-{ours['dataset']}")
+
+
+@contextlib.contextmanager
+def _lineage_run(params: Params, uri: str, identity: dict[str, str], model_path: Path) -> Iterator[Any]:
+    """The MLflow run to log the model into: the training run itself when the registry's store holds it (its params
+    and metrics are then the version's), else a new registration run that records the params and the training run's
+    id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from multigeometry.training.tracking import ensure_experiment, flatten
+
+    run_id = identity["train_run_id"]
+    if run_id:
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+        except MlflowException:
+            log.info("register: the training run %s is not in %s; logging a registration run", run_id, uri)
+            run_id = ""
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
+    import torch
+
+    experiment_id = ensure_experiment(params.registry.experiment, uri)
+    trained_with = torch.load(model_path, map_location="cpu", weights_only=True)["params"]
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{params.train.run_name}") as run:
+        items = list(flatten(trained_with).items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+            mlflow.log_params(dict(items[i : i + 100]))
+        yield run
+
+
 def register_model(params: Params, root: Path, model_path: Path, metrics_path: Path) -> dict[str, Any]:
     """Gate the model at `model_path` on its metrics at `metrics_path`, register it when it passes; the outcome."""
     import mlflow
 
     from multigeometry.paths import shards_dir
     from multigeometry.registry.pyfunc import log_pyfunc, sha256_file
-    from multigeometry.training.tracking import ensure_experiment
 
     cfg = params.registry
     root = Path(root)
@@ -220,26 +303,33 @@ def register_model(params: Params, root: Path, model_path: Path, metrics_path: P
     uri = tracking_uri(params, root)
     client = connect(uri)
     fingerprint = eval_fingerprint(params, root)
-    model_sha = sha256_file(model_path)
+    identity = model_identity(model_path)
+    weights = weights_sha256(model_path)
     champion = current_champion(client, cfg.model_name, cfg.alias)
     gate = Gate(False, "", cfg.gate_metric, value, cfg.min_metric)
-    incomparable = ""
+    refusal = ""
     if champion is not None:
         gate.champion_version = str(champion.version)
-        try:
-            gate.champion_value, gate.champion_source = champion_metric(champion, params, root, fingerprint)
-        except RuntimeError as e:  # a champion that cannot be evaluated on this data: no comparison, no registration
-            incomparable = f"cannot compare with the champion (version {champion.version}): {e}"
-    if incomparable:
-        gate.passed, gate.reason = False, incomparable
+        refusal = _other_kind(champion, identity, cfg.model_name)
+        if not refusal:
+            try:
+                gate.champion_value, gate.champion_source = champion_metric(champion, params, root, fingerprint)
+            except RuntimeError as e:  # a champion that cannot be evaluated on this data: no comparison
+                refusal = f"cannot compare with the champion (version {champion.version}): {e}"
+    if refusal:
+        gate.passed, gate.reason = False, refusal
     else:
         gate.passed, gate.reason = decide(cfg.gate_metric, value, cfg.min_metric, gate.champion_value)
     tags = {
         "git_commit": git_commit(root),
         "params_hash": params_hash(model_path),
         "dvc_data_hash": dvc_data_hash(root, shards_dir(params, Path("."))) or "none",
-        "model_sha256": model_sha,
+        "model_sha256": sha256_file(model_path),
+        "weights_sha256": weights,
+        "dataset": identity["dataset"],
+        "modalities": identity["modalities"],
         "train_run_name": params.train.run_name,
+        "train_run_id": identity["train_run_id"] or "none",
         "gate_metric": cfg.gate_metric,
         **fingerprint,
         **{f"metric.{metric_key(k)}": repr(v) for k, v in metrics.items()},
@@ -256,11 +346,14 @@ def register_model(params: Params, root: Path, model_path: Path, metrics_path: P
         "model_uri": None,
         "run_id": None,
     }
-    if gate.passed and champion is not None and (champion.tags or {}).get(f"{TAG_PREFIX}model_sha256") == model_sha \
-            and all((champion.tags or {}).get(f"{TAG_PREFIX}{k}") == v for k, v in fingerprint.items()):
+    champion_tags = (champion.tags or {}) if champion is not None else {}
+    same_weights = champion is not None and not refusal and champion_tags.get(f"{TAG_PREFIX}weights_sha256") == weights
+    if same_weights and value >= cfg.min_metric:  # (it ties the champion; below min_metric it is refused as any)
         outcome.update(registered=True, version=str(champion.version),
                        model_uri=f"models:/{cfg.model_name}@{cfg.alias}", run_id=champion.run_id)
-        gate.reason = f"this model is already the champion (version {champion.version}); nothing to register"
+        gate.passed = True
+        gate.reason = (f"this model's weights are the champion's (version {champion.version}, weights_sha256 "
+                       f"{weights[:12]}): nothing to register")
         outcome["gate"] = dataclasses.asdict(gate)
         log.info("register: %s", gate.reason)
         return outcome
@@ -268,9 +361,8 @@ def register_model(params: Params, root: Path, model_path: Path, metrics_path: P
         log.warning("register: refused, nothing registered: %s", gate.reason)
         return outcome
 
-    experiment_id = ensure_experiment(cfg.experiment, uri)  # connect() set the tracking URI
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{params.train.run_name}") as run:
-        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items() if not math.isnan(v)})
+    with _lineage_run(params, uri, identity, model_path) as run:
+        mlflow.log_metrics({f"eval/{metric_key(k)}": v for k, v in metrics.items() if not math.isnan(v)})
         mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})
         info = log_pyfunc(model_path, registered_model_name=cfg.model_name)
     version = str(info.registered_model_version)

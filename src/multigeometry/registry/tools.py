@@ -73,25 +73,46 @@ def format_summary(row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def open_index(params: Params, model: Any, index_dir: Path, split: str, root: Path = Path(".")) -> tuple[Any, bool]:
+    """The search index of `split` for `model` in `index_dir`, built once: (index, built now)."""
+    from multigeometry.paths import shards_dir
+    from multigeometry.search import load_or_build
+
+    # the data to index: this project's shards (params.data), whatever data the model was trained on
+    return load_or_build(model.trained, model.package["model_sha256"], shards_dir(params, root), split, index_dir,
+                         params.eval.batch_size)
+
+
+def query_index(params: Params, model: Any, index: Any, record: dict[str, Any], k: int,
+                targets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Embed one query with the loaded model (its feature models stay loaded) and search the loaded index."""
+    from multigeometry.search import search
+
+    embedded = model.embedder.embed([record])
+    (modality,) = embedded.dists
+    return search(model.trained, index, embedded.dists[modality], k, targets, params.eval.block_size, modality)
+
+
 def run_search(params: Params, model: Any, index_dir: Path, record: dict[str, Any], k: int, split: str,
                targets: list[str] | None = None, root: Path = Path(".")) -> tuple[list[dict[str, Any]], bool]:
     """Embed the query, load (or build once) the index of `split`, and return its top k items: (rows, built now)."""
-    from multigeometry.paths import shards_dir
-    from multigeometry.registry.inputs import RawEmbedder
-    from multigeometry.search import load_or_build, search
-
-    trained = model.trained
-    # the data to index: this project's shards (params.data), whatever data the model was trained on
-    index, built = load_or_build(trained, model.package["model_sha256"], shards_dir(params, root), split,
-                                 index_dir, params.eval.batch_size)
-    embedded = RawEmbedder(trained).embed([record])
-    (modality,) = embedded.dists
-    return search(trained, index, embedded.dists[modality], k, targets, params.eval.block_size), built
+    index, built = open_index(params, model, index_dir, split, root)
+    return query_index(params, model, index, record, k, targets), built
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'modality':<9} {'rank':>4} {'score':>10} {'uncert.':>9}  sample_id  text"]
+    def num(value: float, spec: str) -> str:
+        return "n/a" if math.isnan(value) else format(value, spec)
+
+    lines = []
+    if rows:
+        lines.append(f"query uncertainty {num(rows[0]['query_uncertainty'], '.4f')} (more than "
+                     f"{num(rows[0]['query_uncertainty_pct'], '.0f')} % of the index's items of its modality)")
+    for modality in dict.fromkeys(r["modality"] for r in rows):
+        if any(r["no_match"] for r in rows if r["modality"] == modality):
+            lines.append(f"{modality}: no match (the best {modality} item is more likely not a match)")
+    lines.append(f"{'modality':<9} {'rank':>4} {'score':>10} {'match_p':>7} {'uncert.':>9}  sample_id  text")
     for r in rows:
-        u = "n/a" if math.isnan(r["uncertainty"]) else f"{r['uncertainty']:.4f}"
-        lines.append(f"{r['modality']:<9} {r['rank']:>4} {r['score']:>10.4f} {u:>9}  {r['sample_id']}  {r['text']}")
+        lines.append(f"{r['modality']:<9} {r['rank']:>4} {r['score']:>10.4f} {num(r['match_prob'], '.3f'):>7} "
+                     f"{num(r['uncertainty'], '.4f'):>9}  {r['sample_id']}  {r['text']}")
     return "\n".join(lines)

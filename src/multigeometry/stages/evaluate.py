@@ -1,5 +1,6 @@
-"""Stage `evaluate`: the trained model on `eval.split`: retrieval, uncertainty and hierarchy metrics in
-`data/eval/<run>/metrics.json`, plot data for `dvc plots` and top-k image grids."""
+"""Stage `evaluate`: the trained model on `eval.split`: retrieval, uncertainty and hierarchy metrics and top-k image
+grids in `data/eval/<run>/` (`metrics.json`, `grids/`), the headline metrics and plot data for `dvc plots` in
+`metrics/runs/<run>/` (`headline.json`, `plots/`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> Path:
     from multigeometry.evaluation.report import write_report
     from multigeometry.evaluation.suite import eval_device, evaluate_split
     from multigeometry.inference import load_trained
-    from multigeometry.paths import eval_dir, models_dir, shards_dir
+    from multigeometry.paths import eval_dir, models_dir, run_reports_dir, shards_dir
     from multigeometry.training.loop import MODEL_FILE
 
     started = time.perf_counter()
@@ -27,7 +28,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> Path:
         from multigeometry.evaluation.cascade import cascade_metrics
 
         result.metrics.update(cascade_metrics(params, shards_dir(params, root), params.eval.split, out))
-    metrics = write_report(result, out, shards_dir(params, root))
+    metrics = write_report(result, out, run_reports_dir(params, root), shards_dir(params, root))
     log.info(
         "evaluate: %s split, mean R@1 %.3f, %d metrics into %s in %.1f s",
         params.eval.split, metrics.get("mean_R@1", float("nan")), len(metrics), out, time.perf_counter() - started,

@@ -1,5 +1,5 @@
 """Stage `validate`: check the raw manifest and media; passed rows, quarantine and report into
-`data/validated/<dataset>/`."""
+`data/validated/<dataset>/`, and the report's counts into `metrics/data/<dataset>.json` (in git, for `dvc metrics`)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from multigeometry.data.manifest import MANIFEST, read_manifest
 from multigeometry.data.validation.manifest_suite import run_manifest_suite
 from multigeometry.data.validation.media import media_failures
 from multigeometry.io import atomic_dir, write_json_atomic
-from multigeometry.paths import raw_dir, validated_dir
+from multigeometry.paths import data_report_path, raw_dir, validated_dir
 
 log = logging.getLogger(__name__)
 
 QUARANTINE = "quarantine.parquet"
 REPORT = "report.json"
 DATA_DOCS = "data_docs"
+COUNTS = ("rows_in", "rows_passed", "rows_quarantined", "quarantined_fraction", "passed_per_split")  # DVC metrics
 
 
 class ValidationFailed(RuntimeError):
@@ -68,6 +69,7 @@ def validate(params: Params, root: Path = Path(".")) -> Path:
             "raw_dir": str(source),
         }
         write_json_atomic(staging / REPORT, report)
+    write_json_atomic(data_report_path(params, root), {k: report[k] for k in COUNTS})
 
     log.info("validate: %d rows in, %d passed, %d quarantined", len(frame), len(passed), len(quarantined))
     if len(quarantined):

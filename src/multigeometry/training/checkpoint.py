@@ -80,6 +80,14 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def clear_checkpoints(folder: Path) -> int:
+    """Remove the checkpoints of an earlier run (a fresh run starts here, so `latest` later means this run's)."""
+    found = list_checkpoints(folder)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 def resolve_resume(resume: str, folder: Path) -> Path | None:
     """`train.resume`: "" = start fresh, "latest" = the newest checkpoint in `folder` (fresh if none), or a path."""
     if not resume:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -33,9 +34,10 @@ from multigeometry.distributed import local_only
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
-from multigeometry.paths import models_dir, shards_dir
+from multigeometry.paths import models_dir, run_reports_dir, shards_dir
 from multigeometry.training.checkpoint import (
     check_resumable,
+    clear_checkpoints,
     load_resume,
     remove_stale_temps,
     rng_state,
@@ -50,6 +52,8 @@ from multigeometry.training.validation import to_device, validate_model
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+TRAIN_METRICS = "train.json"  # under paths.run_reports_dir
+LOSS_PLOT = "plots/loss.csv"
 
 
 @dataclass
@@ -158,6 +162,7 @@ class Trainer:
             else None
         )
         self.step = 0
+        self.tracking: dict[str, Any] = {}
         self.best: float | None = None
         self.best_state: dict[str, Any] | None = None  # the best validated weights (train.select: best)
         self.best_step = 0
@@ -182,6 +187,9 @@ class Trainer:
             check_resumable(path, state, self.params.to_dict())
             rng_after_skip = self._restore(path, state)
             resume_run_id = state.get("mlflow_run_id")
+        elif self.rt.is_main and (stale := clear_checkpoints(self.checkpoints)):
+            # the folder is not a DVC output (a persistent one would turn off DVC's run cache for the stage)
+            log.info("fresh run: removed %d checkpoint(s) of an earlier run from %s", stale, self.checkpoints)
         tracker = Tracker(
             self.rt.is_main,
             self.cfg.tracking_uri or default_tracking_uri(self.root),
@@ -191,6 +199,7 @@ class Trainer:
             resume_run_id=resume_run_id,
         )
         self.run_id = tracker.run_id
+        self.tracking = {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri}
         try:
             tracker.params(self.params.to_dict())
             tracker.system(system_info(self.rt.device, self.rt.world_size))
@@ -212,6 +221,7 @@ class Trainer:
         progress = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
         )
+        pace = ProgressLog(self.total_steps, self.step)
         while self.step < self.total_steps and not self._patience_out():
             epoch, position = divmod(self.step, self.steps_per_epoch)
             batches = epoch_batches(self.train_set, self.params, epoch, self.tokenizer)
@@ -241,6 +251,8 @@ class Trainer:
                     loss=f"{metrics['train/loss']:.3f}", samples_s=f"{metrics['train/samples_per_s']:.0f}"
                 )
                 progress.update()
+                if self.rt.is_main and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+                    pace.line(self.step, metrics)
                 if self.step % self.cfg.val_every == 0 or self.step == self.total_steps:
                     self._validate(tracker)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
@@ -338,7 +350,7 @@ class Trainer:
                     "logit_scale": self.module.criterion.logit_scale(),
                     "params": self.params.to_dict(),
                     "index": self.index,
-                    "info": info,
+                    "info": {**info, **self.tracking},  # the MLflow run: the registry links a version to it
                 },
                 tmp,
             )
@@ -354,11 +366,12 @@ class Trainer:
         summary = {k: v for k, v in last.items() if k != "step"} | {
             "step": self.step, "best": self.best, "selected": selected
         }
-        write_json_atomic(self.out / "metrics" / "train.json", summary)
+        reports = run_reports_dir(self.params, self.root)
+        write_json_atomic(reports / TRAIN_METRICS, summary)
         write_json_atomic(self.out / "resolved_params.json", self.params.to_dict())
-        _write_curve(self.out / "plots" / "loss.csv", self.history)
+        _write_curve(reports / LOSS_PLOT, self.history)
         tracker.artifact(self.out / "resolved_params.json")
-        tracker.artifact(self.out / "metrics" / "train.json", "metrics")
+        tracker.artifact(reports / TRAIN_METRICS, "metrics")
         tracker.artifact(final, "model")
         return self.out
 
@@ -371,6 +384,32 @@ class Trainer:
         reason = "train.select: last" if self.cfg.select == "last" else f"no {self.cfg.best_metric} (no val split)"
         log.info("train: model.pt holds the last weights (%s)", reason)
         return {"model": "last", "step": self.step, "reason": reason, "early_stopped": stopped}
+
+
+class ProgressLog:
+    """A log line every `train.log_every` steps, for runs without a terminal (where tqdm shows nothing): step, loss,
+    samples/s and the time left, as OpenCLIP logs."""
+
+    def __init__(self, total_steps: int, start_step: int) -> None:
+        self.total, self.start, self.started = total_steps, start_step, time.perf_counter()
+
+    def eta_s(self, step: int) -> float:
+        done = step - self.start
+        return (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
+
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        eta = self.eta_s(step)
+        text = (f"step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%) loss {metrics['train/loss']:.4f} "
+                f"lr {metrics['train/lr']:.3g} {metrics['train/samples_per_s']:.1f} samples/s "
+                f"eta {'?' if math.isnan(eta) else _duration(eta)}")
+        log.info("%s", text)
+        return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
@@ -392,5 +431,5 @@ def train_model(params: Params, root: Path = Path(".")) -> Path:
             dist.destroy_process_group()
 
 
-def read_train_metrics(out: Path) -> dict[str, Any]:
-    return json.loads((Path(out) / "metrics" / "train.json").read_text())
+def read_train_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    return json.loads((run_reports_dir(params, root) / TRAIN_METRICS).read_text())

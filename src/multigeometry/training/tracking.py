@@ -122,12 +122,20 @@ def end_abandoned_runs(client: Any, experiment_id: str, run_dir: str, keep: str 
     return ended
 
 
+def timed_run_name(run_name: str) -> str:
+    """`<train.run_name>-<UTC time>`: runs of one name stay apart in the MLflow UI."""
+    import datetime as dt
+
+    return f"{run_name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+
+
 class Tracker:
     """`run_dir` identifies the training (its folder); `resume_run_id`, the MLflow run a resumed training continues."""
 
     def __init__(self, enabled: bool, uri: str, experiment: str, run_name: str, run_dir: Path | None = None,
                  resume_run_id: str | None = None) -> None:
         self.enabled = enabled
+        self.uri = uri
         self.run_id: str | None = None
         self.resumed = False
         if not enabled:
@@ -155,8 +163,8 @@ class Tracker:
                 log.warning("MLflow run %s of the checkpoint cannot be continued (%s); starting a new run",
                             resume_run_id, e)
         if run is None:
-            run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id,
-                                   tags={RUN_DIR_TAG: folder} if folder else None)
+            tags = {"multigeometry.run_name": run_name, **({RUN_DIR_TAG: folder} if folder else {})}
+            run = mlflow.start_run(run_name=timed_run_name(run_name), experiment_id=experiment_id, tags=tags)
         self.run_id = run.info.run_id
         self._mlflow = mlflow
         self._client = client

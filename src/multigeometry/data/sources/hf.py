@@ -242,9 +242,17 @@ def load_parts(name: str, cfg: HFConfig) -> list[tuple[str | None, Dataset]]:
             "revision": revision or None,
         }
         log.info("hf: load_dataset(%r, %s)", path, ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if v))
+        from multigeometry.hub import dataset_unavailable, hub_reachable
+
+        hub_reachable()  # no hub: offline mode at once (the cache answers), not five retries a file
         try:
             with audio_encoding_without_torchcodec():
                 loaded = load_dataset(path, **kwargs)
+        except (ConnectionError, OSError) as e:
+            better = dataset_unavailable(name, e)
+            if better is None:
+                raise
+            raise better from e
         except RuntimeError as e:
             if "scripts are no longer supported" in str(e):
                 raise HFSourceError(
