@@ -106,7 +106,7 @@ def test_full_batch_early_stopping_keeps_the_best_validated_weights(tiny_trained
     raw["model"]["trunk"] = "linear"
     params = params_from_dict(raw)
     out = train_model(params, root)
-    metrics = read_train_metrics(out)
+    metrics = read_train_metrics(params, root)
     selected = metrics["selected"]
     assert selected["model"] == "best" and selected["early_stopped"]
     assert metrics["step"] < 200  # one full-batch step an epoch, and the run stopped early
@@ -130,9 +130,9 @@ def test_without_a_val_split_the_last_model_is_kept_and_said(tiny_trained, tmp_p
     del index["splits"]["val"]
     index_path.write_text(json.dumps(index))
     shutil.rmtree(shards_dir(params, copy) / "val")
-    raw = tiny_trained_raw(copy, run_name="noval", epochs=2)
+    noval = params_from_dict(tiny_trained_raw(copy, run_name="noval", epochs=2))
     with caplog.at_level("WARNING"):
-        out = train_model(params_from_dict(raw), copy)
-    assert read_train_metrics(out)["selected"]["model"] == "last"
+        train_model(noval, copy)
+    assert read_train_metrics(noval, copy)["selected"]["model"] == "last"
     assert "no val split" in caplog.text
-    assert (models_dir(params_from_dict(raw), copy) / MODEL_FILE).is_file()
+    assert (models_dir(noval, copy) / MODEL_FILE).is_file()
