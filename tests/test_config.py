@@ -28,6 +28,45 @@ def test_repository_params_load_and_match_defaults_shape():
     assert set(raw) <= {f.name for f in dataclasses.fields(Params)}
 
 
+def test_params_yaml_is_the_defaults_rendered_from_config():
+    """One set of defaults: params.yaml is written from config.py's dataclasses (`multigeometry params --defaults
+    --write params.yaml`), docs included, so the two cannot disagree."""
+    from multigeometry.params_file import DEFAULTS_HEADER, render
+
+    assert (REPO / "params.yaml").read_text() == render(Params(), DEFAULTS_HEADER), (
+        "params.yaml differs from config.py's defaults: run `multigeometry params --defaults --write params.yaml`")
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "presets" / "overlays").glob("*.yaml")))
+def test_each_preset_is_its_overlay_rendered_in_full(overlay):
+    from multigeometry.params_file import header_for, render
+
+    source = Path("presets/overlays") / overlay
+    target = Path("presets") / overlay
+    params = load_params(REPO / source)
+    assert (REPO / target).read_text() == render(params, header_for(REPO / source, target).replace(
+        str(REPO / source), source.as_posix())), f"run `multigeometry params --params {source} --write {target}`"
+    assert load_params(REPO / target) == params
+
+
+def test_every_knob_has_a_one_line_doc_and_choices_are_listed():
+    from multigeometry.params_file import render, undocumented
+
+    assert undocumented() == []
+    text = render(Params())
+    crop = next(line for line in text.splitlines() if line.strip().startswith("crop:"))
+    assert "# start | center: " in crop
+
+
+def test_the_params_command_writes_a_full_file_that_loads_back(tmp_path):
+    from multigeometry.cli import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["params", "--defaults", "--set", "train.lr=0.5", "--write", str(out)]) == 0
+    assert load_params(out).train.lr == 0.5 and "# AdamW learning rate" in out.read_text()
+
+
 def _knobs(tree: dict, prefix: str = "") -> set[str]:
     """Dotted keys of every leaf (an empty mapping such as `data.hf.columns: {}` is a leaf)."""
     out: set[str] = set()

@@ -129,3 +129,44 @@ def test_resample_matches_scipy_and_removes_what_aliases():
     spectrum = np.abs(np.fft.rfft(y))
     freqs = np.fft.rfftfreq(len(y), 1 / 16000)
     assert spectrum[np.argmin(abs(freqs - 6000))] < 1e-2 * spectrum[np.argmin(abs(freqs - 440))]
+
+
+def test_a_harder_world_has_textures_clutter_and_near_duplicates(tmp_path, world):
+    """data.world.textures, clutter and near_duplicates (presets/world-hard.yaml): a fourth attribute drawn and named
+    at the most specific level, undescribed background, and items that repeat the previous scene with one thing
+    changed; a default world's bytes do not change."""
+    from multigeometry.data.world.render import place, render
+    from multigeometry.data.world.scene import TEXTURES, near_duplicate, sample_scene
+
+    cfg = WorldConfig(n_items=30, workers=1, image_size=64, audio=False, textures=True, clutter=8,
+                      near_duplicates=0.5)
+    rows = world_rows(tmp_path, cfg, seed=3)
+    assert all(any(t in r.text for t in TEXTURES) for r in rows)
+    assert all(any(f"texture={t}" in c for c in r.concepts for t in TEXTURES) for r in rows)
+    # the texture is named at the last level only: the general descriptions are the world's usual ones
+    assert not any(t in h for r in rows for h in r.hierarchy for t in TEXTURES)
+    code = (tmp_path / rows[0].code).read_text()
+    assert "texture=" in code
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = sample_scene(rng, 2, textures=True)
+        other = near_duplicate(scene, rng)
+        changed = [(a, b) for a, b in zip(scene.objects, other.objects, strict=True) if a != b]
+        moved = scene.position != other.position or scene.relation != other.relation
+        assert len(changed) + int(moved) == 1
+        if changed:
+            (a, b), = changed
+            assert sum(a.attributes()[k] != b.attributes()[k] for k in a.attributes()) == 1
+    from multigeometry.data.sources.world import _is_near_duplicate
+
+    for i in range(1, len(rows)):  # a neighbour shares most of the previous item's concepts
+        shared = len(set(rows[i].concepts) & set(rows[i - 1].concepts))
+        if _is_near_duplicate(cfg, 3, i):
+            assert shared >= 4 and rows[i].text != rows[i - 1].text
+    assert sum(_is_near_duplicate(cfg, 3, i) for i in range(len(rows))) >= 8
+    scene = sample_scene(np.random.default_rng(1), 1)
+    plain = render(scene, place(scene, 64, np.random.default_rng(2)), 64, 0.0, np.random.default_rng(3))
+    busy = render(scene, place(scene, 64, np.random.default_rng(2)), 64, 0.0, np.random.default_rng(3), clutter=20)
+    assert np.abs(np.asarray(plain, dtype=int) - np.asarray(busy, dtype=int)).sum() > 0
+    default_root, _rows = world
+    assert _digest(default_root)  # the default world of the fixture is the one the determinism test pins

@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn one embedding space of distributions for images, text, audio and code.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("params", help="print the resolved params as YAML", description="Print the resolved params.")
+    p = sub.add_parser("params", help="print the resolved params as YAML (or write a full params file)",
+                       description="Print the resolved params, every knob with its doc; --write FILE writes them "
+                                   "(atomically) as a full params file: params.yaml from the defaults, a preset from "
+                                   "its overlay (--params presets/overlays/NAME.yaml).")
     _common(p)
-    p.set_defaults(run=_print_params)
+    p.add_argument("--write", type=Path, metavar="FILE", help="write the params file instead of printing it")
+    p.add_argument("--defaults", action="store_true", help="the code's defaults (config.py), not --params")
+    p.set_defaults(run=_print_params, pass_args=True)
     for name, (_module, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
         _common(p)
@@ -114,10 +119,23 @@ def _search(params: object, args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
-def _print_params(params: object) -> None:
-    import yaml
+def _print_params(params: object, args: argparse.Namespace | None = None) -> None:
+    from multigeometry.config import params_from_dict
+    from multigeometry.params_file import header_for, render
 
-    sys.stdout.write(yaml.safe_dump(params.to_dict(), sort_keys=False))  # type: ignore[attr-defined]
+    target = getattr(args, "write", None)
+    source = None if getattr(args, "defaults", False) else getattr(args, "params", None)
+    if source is None:
+        params = params_from_dict({}, getattr(args, "overrides", ()))
+    text = render(params, header_for(source, target))  # type: ignore[arg-type]
+    if target is None:
+        sys.stdout.write(text)
+        return
+    from multigeometry.io import atomic_path
+
+    with atomic_path(Path(target)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    logging.getLogger("multigeometry").info("wrote %s", target)
 
 
 def _stage_runner(name: str) -> Callable[[object], None]:

@@ -69,9 +69,10 @@ def _list(default: list | tuple, **meta: Any) -> Any:
 
 @dataclass(frozen=True)
 class SplitFractions:
+    # share of the groups in train (sources without fixed splits; a group stays whole)
     train: float = bounded(0.8, min=0.0, max=1.0)
-    val: float = bounded(0.1, min=0.0, max=1.0)
-    test: float = bounded(0.1, min=0.0, max=1.0)
+    val: float = bounded(0.1, min=0.0, max=1.0)  # share in val
+    test: float = bounded(0.1, min=0.0, max=1.0)  # share in test
 
     def __post_init__(self) -> None:
         total = self.train + self.val + self.test
@@ -83,50 +84,58 @@ class SplitFractions:
 class WorldConfig:
     """The embedded generated world (`data.source: world`)."""
 
-    n_items: int = bounded(600, min=1)
+    n_items: int = bounded(600, min=1)  # generated items (scenes); each is one group
+    # paraphrases of the most specific caption per item (one row each)
     captions_per_item: int = bounded(1, min=1, max=8)
-    image_size: int = bounded(96, min=32, max=1024)
-    image_format: Literal["png", "jpg"] = "png"
-    max_objects: int = bounded(2, min=1, max=2)
-    noise: float = bounded(6.0, min=0.0, max=64.0)
-    audio: bool = True
-    audio_sample_rate: int = bounded(16000, min=8000, max=48000)
-    workers: int = bounded(2, min=1, max=64)
+    image_size: int = bounded(96, min=32, max=1024)  # pixels per side of the rendered image
+    image_format: Literal["png", "jpg"] = "png"  # how images are stored
+    max_objects: int = bounded(2, min=1, max=2)  # objects per scene: 1 or 2
+    noise: float = bounded(6.0, min=0.0, max=64.0)  # Gaussian pixel noise (std, 0-255 scale) on every image
+    audio: bool = True  # speak the caption with eSpeak NG
+    audio_sample_rate: int = bounded(16000, min=8000, max=48000)  # of the spoken captions
+    workers: int = bounded(2, min=1, max=64)  # processes generating the world (the bytes do not depend on it)
+    textures: bool = False  # a fourth attribute (plain, striped, dotted, checked), drawn and named at the last level
+    clutter: int = bounded(0, min=0, max=200)  # undescribed background strokes and blots per image
+    near_duplicates: float = bounded(0.0, min=0.0, max=1.0)  # share of items: the previous scene, one thing changed
 
 
 @dataclass(frozen=True)
 class HFConfig:
     """A Hugging Face `datasets` source (`data.source: hf:<name or path>`)."""
 
-    layout: Literal["flickr30k", "audio_caption", "code_docstring", "generic"] = "generic"
-    config: str = ""
+    layout: Literal["flickr30k", "audio_caption", "code_docstring", "generic"] = "generic"  # default column mapping
+    config: str = ""  # the dataset's configuration (name= of load_dataset)
+    # files or globs; `train=<glob>`, `validation=<glob>` ... give each split its files
     data_files: tuple[str, ...] = ()
-    load_split: str = ""
-    split_column: str = ""
-    group_column: str = ""
-    columns: dict[str, str] = field(default_factory=dict)
-    hierarchy_columns: tuple[str, ...] = ()
+    load_split: str = ""  # load one split only (test, train[:1000], ...)
+    split_column: str = ""  # a column holding each row's split
+    group_column: str = ""  # a column whose value is the row's group
+    columns: dict[str, str] = field(default_factory=dict)  # modality -> column, e.g. {image: img, text: caption}
+    hierarchy_columns: tuple[str, ...] = ()  # columns giving the hierarchy, most general first
+    # dataset split name -> train | val | test, or "" to leave its rows out
     split_names: dict[str, str] = field(default_factory=dict)
-    max_rows: int = bounded(0, min=0)
+    max_rows: int = bounded(0, min=0)  # read at most this many rows (0: all)
 
 
 @dataclass(frozen=True)
 class StdlibCodeConfig:
     """Code–docstring pairs from the running interpreter's standard library (`data.source: stdlib-code`)."""
 
-    max_samples: int = bounded(2000, min=1)
-    min_doc_chars: int = bounded(16, min=1)
-    max_code_lines: int = bounded(60, min=3)
-    packages: tuple[str, ...] = ()
+    max_samples: int = bounded(2000, min=1)  # code-docstring pairs at most
+    min_doc_chars: int = bounded(16, min=1)  # shorter docstrings are skipped
+    max_code_lines: int = bounded(60, min=3)  # longer functions are skipped
+    packages: tuple[str, ...] = ()  # top-level modules to read ([]: all)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "world"
-    source: str = "world"
-    splits: SplitFractions = field(default_factory=SplitFractions)
-    world: WorldConfig = field(default_factory=WorldConfig)
+    dataset: str = "world"  # folder name under data/raw, data/validated, data/shards
+    source: str = "world"  # world | hf:<dataset or path> | folder:<path> | stdlib-code
+    splits: SplitFractions = field(default_factory=SplitFractions)  # split fractions, for sources that give none
+    world: WorldConfig = field(default_factory=WorldConfig)  # data.source: world
+    # data.source: hf:<name> (docs/sources.md); "" / [] / {}: the layout's default
     hf: HFConfig = field(default_factory=HFConfig)
+    # data.source: stdlib-code (the running interpreter's standard library)
     stdlib_code: StdlibCodeConfig = field(default_factory=StdlibCodeConfig)
 
     def __post_init__(self) -> None:
@@ -143,19 +152,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
+    # the stage fails when more rows than this are quarantined
     max_bad_fraction: float = bounded(0.05, min=0.0, max=1.0)
-    modalities: tuple[Modality, ...] = _list(["image", "text", "audio", "code"])
-    text_min_chars: int = bounded(1, min=1)
-    text_max_chars: int = bounded(2000, min=1)
-    image_min_side: int = bounded(32, min=1)
+    modalities: tuple[Modality, ...] = _list(["image", "text", "audio", "code"])  # modalities every row must carry
+    text_min_chars: int = bounded(1, min=1)  # captions shorter than this are quarantined
+    text_max_chars: int = bounded(2000, min=1)  # and longer than this
+    image_min_side: int = bounded(32, min=1)  # images smaller than this (px) are quarantined
     image_max_pixels: int = bounded(89_478_485, min=1)  # refused from the header, before decoding (Pillow's default)
     audio_sample_rates: tuple[int, ...] = _list([])  # allowed rates; empty: any rate >= audio_min_sample_rate
     audio_min_sample_rate: int = bounded(4000, min=1)  # the shard stage resamples every clip to audio.sample_rate
-    audio_min_seconds: float = bounded(0.2, min=0.0)
-    audio_max_seconds: float = bounded(30.0, min=0.0)
-    audio_min_rms: float = bounded(1e-4, min=0.0)
+    audio_min_seconds: float = bounded(0.2, min=0.0)  # clips shorter than this are quarantined
+    audio_max_seconds: float = bounded(30.0, min=0.0)  # and longer than this
+    audio_min_rms: float = bounded(1e-4, min=0.0)  # quieter clips are quarantined as silent
     code_max_bytes: int = bounded(1_000_000, min=1)  # larger source files are quarantined unread
-    data_docs: bool = True
+    data_docs: bool = True  # render Great Expectations' data docs into data/validated/<dataset>/data_docs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,15 +177,15 @@ class ValidateConfig:
 class AudioConfig:
     """Audio decoding and log-mel features; the defaults are Whisper's (16 kHz, 80 mels, 25 ms window, 10 ms hop)."""
 
-    sample_rate: int = bounded(16000, min=1000, max=96000)
-    max_seconds: float = bounded(10.0, min=0.1)
-    crop: Literal["start", "center"] = "start"
-    pad: Literal["none", "zeros"] = "none"
-    n_mels: int = bounded(80, min=8, max=256)
-    win_ms: float = bounded(25.0, min=1.0)
-    hop_ms: float = bounded(10.0, min=1.0)
-    f_min: float = bounded(0.0, min=0.0)
-    f_max: float = bounded(8000.0, min=1.0)
+    sample_rate: int = bounded(16000, min=1000, max=96000)  # every clip is resampled to this
+    max_seconds: float = bounded(10.0, min=0.1)  # clips are cut to this length
+    crop: Literal["start", "center"] = "start"  # which part of a longer clip is kept
+    pad: Literal["none", "zeros"] = "none"  # none | zeros (pad every clip to max_seconds)
+    n_mels: int = bounded(80, min=8, max=256)  # log-mel bands
+    win_ms: float = bounded(25.0, min=1.0)  # analysis window
+    hop_ms: float = bounded(10.0, min=1.0)  # hop between frames
+    f_min: float = bounded(0.0, min=0.0)  # lowest mel frequency (Hz)
+    f_max: float = bounded(8000.0, min=1.0)  # highest mel frequency (Hz)
 
     def __post_init__(self) -> None:
         if self.f_max > self.sample_rate / 2:
@@ -190,8 +200,8 @@ class FeatureModelConfig:
 
     model: str = ""  # catalogue name, hub id or local path; empty: no pretrained features for this modality
     layer: int = -1  # hidden state whose output is pooled; -1 = the last
-    pooling: Literal["mean", "cls", "max"] = "mean"
-    batch_size: int = bounded(32, min=1)
+    pooling: Literal["mean", "cls", "max"] = "mean"  # how the chosen layer's states become one vector
+    batch_size: int = bounded(32, min=1)  # items per forward pass at shard time
     max_tokens: int = bounded(128, min=1)  # text and code: truncation length
     # audio (Whisper): pad each clip to the 30 s window Whisper was trained on and pool only the clip's frames
     pad_to_window: bool = False
@@ -201,18 +211,22 @@ class FeatureModelConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    image: FeatureModelConfig = field(default_factory=FeatureModelConfig)
-    text: FeatureModelConfig = field(default_factory=FeatureModelConfig)
-    audio: FeatureModelConfig = field(default_factory=FeatureModelConfig)
-    code: FeatureModelConfig = field(default_factory=FeatureModelConfig)
+    image: FeatureModelConfig = field(  # image features
+        default_factory=lambda: FeatureModelConfig(model="efficientnet-lite0"))
+    text: FeatureModelConfig = field(  # text features (the hierarchy's and the parts' descriptions too)
+        default_factory=lambda: FeatureModelConfig(model="all-minilm-l6-v2", batch_size=64))
+    audio: FeatureModelConfig = field(  # audio features
+        default_factory=lambda: FeatureModelConfig(model="whisper-tiny.en", batch_size=16))
+    code: FeatureModelConfig = field(  # code features
+        default_factory=lambda: FeatureModelConfig(model="all-minilm-l6-v2", batch_size=64, max_tokens=256))
 
 
 @dataclass(frozen=True)
 class ShardConfig:
-    max_samples: int = bounded(256, min=1)
-    max_bytes: int = bounded(64_000_000, min=1024)
-    max_image_side: int = bounded(512, min=8)
-    workers: int = bounded(2, min=1, max=256)
+    max_samples: int = bounded(128, min=1)  # samples per shard at most
+    max_bytes: int = bounded(64_000_000, min=1024)  # bytes per shard at most
+    max_image_side: int = bounded(512, min=8)  # larger images are re-encoded to this side
+    workers: int = bounded(2, min=1, max=256)  # processes writing shards (the bytes do not depend on it)
     # a manifest without val rows: this fraction of the train groups becomes the val split (0: no val split)
     val_from_train: float = bounded(0.1, min=0.0, max=0.9)
 
@@ -224,9 +238,9 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class PairSpec:
-    a: Modality = "image"
-    b: Modality = "text"
-    weight: float = bounded(1.0, min=0.0)
+    a: Modality = "image"  # one modality
+    b: Modality = "text"  # the other
+    weight: float = bounded(1.0, min=0.0)  # the pair's weight in the loss
 
     def __post_init__(self) -> None:
         if self.a == self.b:
@@ -237,7 +251,7 @@ class PairSpec:
 class DatasetPairConfig:
     """Which modalities are paired for training and evaluation, and how several pairings are mixed."""
 
-    pairs: tuple[PairSpec, ...] = field(
+    pairs: tuple[PairSpec, ...] = field(  # the modality pairs scored by the loss and the evaluation
         default_factory=lambda: (
             PairSpec("image", "text"),
             PairSpec("audio", "text"),
@@ -254,12 +268,12 @@ class DatasetPairConfig:
 class AugmentConfig:
     """Image augmentation (train) and resizing (eval); mean and std are the image encoder's."""
 
-    image_size: int = bounded(96, min=8)
-    scale_min: float = bounded(0.7, min=0.05, max=1.0)
-    color_jitter: float = bounded(0.2, min=0.0, max=1.0)
+    image_size: int = bounded(96, min=8)  # side of the image fed to raw-image encoders
+    scale_min: float = bounded(0.7, min=0.05, max=1.0)  # random resized crop: smallest area kept (train)
+    color_jitter: float = bounded(0.2, min=0.0, max=1.0)  # brightness, contrast, saturation (train)
     hflip: bool = False  # off: the world's captions say left and right
-    mean: tuple[float, ...] = _list([0.485, 0.456, 0.406])
-    std: tuple[float, ...] = _list([0.229, 0.224, 0.225])
+    mean: tuple[float, ...] = _list([0.485, 0.456, 0.406])  # normalisation of raw-image encoders (their own)
+    std: tuple[float, ...] = _list([0.229, 0.224, 0.225])  # normalisation of raw-image encoders (their own)
 
 
 @dataclass(frozen=True)
@@ -267,15 +281,15 @@ class LoaderConfig:
     """How samples are read, tokenised and batched by both dataset classes."""
 
     batch_size: int = bounded(64, min=0)  # 0: the whole training split in one step (full batch)
-    workers: int = bounded(2, min=0, max=64)
-    shuffle_buffer: int = bounded(512, min=0)
-    resampled: bool = False
+    workers: int = bounded(0, min=0, max=64)  # loader processes (0: in-process; fastest for feature-only models)
+    shuffle_buffer: int = bounded(512, min=0)  # samples in the streaming shuffle buffer
+    resampled: bool = False  # draw shards with replacement (equal batches on every rank)
     tokenizer: str = "all-minilm-l6-v2"  # catalogue name, hub id or local path
-    max_tokens: int = bounded(64, min=1)
-    padding: Literal["longest", "max_length"] = "longest"
+    max_tokens: int = bounded(64, min=1)  # truncation of tokenised text
+    padding: Literal["longest", "max_length"] = "longest"  # longest in the batch, or max_tokens
     # feature-only models (every encoder `input: emb`): decoded samples kept in memory between epochs, up to this size
     cache_mb: int = bounded(1024, min=0)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # image augmentation (raw-image encoders)
 
 
 @dataclass(frozen=True)
@@ -284,18 +298,20 @@ class EncoderConfig:
     over raw inputs (`input: raw`: images, token ids, log-mels) — a pretrained model by catalogue name, hub id or local
     path (transformers `AutoModel`, or `torchvision:<name>`), or a small from-scratch network when `backbone` is ""."""
 
+    # emb: a trunk over the shards' pretrained features | raw: a backbone over images, tokens, log-mels
     input: Literal["emb", "raw"] = "emb"
+    # input raw: "" = a small from-scratch network, else a catalogue name, hub id, local path or torchvision:<arch>
     backbone: str = ""
-    freeze: bool = True
-    unfreeze_last_n: int = bounded(0, min=0)
-    grad_checkpointing: bool = False
-    hidden_dim: int = bounded(256, min=4)
-    layers: int = bounded(2, min=1, max=48)
-    dropout: float = bounded(0.0, min=0.0, max=0.9)
-    # model.trunk: linear, input: emb only. The head's mean map from the frozen features starts at the identity
-    # (same space as the target: a text model's) or random; `lock` keeps it the identity: the embedding's directions
-    # are the pretrained features themselves and only the uncertainty trains (model.embed_dim = the feature dim)
+    freeze: bool = True  # keep the pretrained backbone frozen
+    unfreeze_last_n: int = bounded(0, min=0)  # with freeze: train the backbone's last n layers
+    grad_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    hidden_dim: int = bounded(256, min=4)  # width of the trunk's MLP and adapter (trunk mlp)
+    layers: int = bounded(2, min=1, max=48)  # MLP blocks (trunk mlp; from-scratch networks' depth)
+    dropout: float = bounded(0.0, min=0.0, max=0.9)  # dropout in the trunk (on the features, with trunk linear)
+    # the head's mean map starts random, or at the identity (model.trunk linear, input emb: the features' own space,
+    # e.g. a text model's, kept as the start; model.embed_dim = their dim)
     init: Literal["random", "identity"] = "random"
+    # keep the head's mean map the identity: the directions are the frozen features, only the uncertainty trains
     lock: bool = False
     feature_noise: float = bounded(0.0, min=0.0, max=4.0)  # training only: Gaussian noise x its RMS on the features
 
@@ -305,27 +321,29 @@ class ComposerConfig:
     """The compositional layer: a permutation-invariant network that maps the distributions of a compound's parts
     ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
 
-    enabled: bool = True
-    hidden_dim: int = bounded(128, min=4)
-    layers: int = bounded(1, min=1, max=8)
+    enabled: bool = True  # learn compose(parts) -> the compound's distribution (rows that carry parts)
+    hidden_dim: int = bounded(128, min=4)  # width of the Deep Sets networks
+    layers: int = bounded(1, min=1, max=8)  # depth of the Deep Sets networks
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # a distribution per sample: mixture of Gaussians, cone, or a point (CLIP)
     geometry: Literal["mixture", "cone", "point"] = "mixture"
-    embed_dim: int = bounded(128, min=2)
+    embed_dim: int = bounded(128, min=2)  # dimension of the embedding space
     # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features
     trunk: Literal["mlp", "linear"] = "mlp"
     feature_norm: Literal["none", "standardize", "l2"] = "none"  # of the shards' features, before the trunk
-    image: EncoderConfig = field(default_factory=EncoderConfig)
-    text: EncoderConfig = field(default_factory=EncoderConfig)
-    audio: EncoderConfig = field(default_factory=EncoderConfig)
-    code: EncoderConfig = field(default_factory=EncoderConfig)
-    n_components: int = bounded(2, min=1, max=64)
-    logvar_min: float = -12.0
-    logvar_max: float = -3.0
-    theta_min: float = bounded(0.05, min=0.0, max=3.14159)
-    theta_max: float = bounded(1.2, min=0.0, max=3.14159)
+    image: EncoderConfig = field(default_factory=EncoderConfig)  # the image encoder
+    text: EncoderConfig = field(default_factory=EncoderConfig)  # the text encoder
+    audio: EncoderConfig = field(default_factory=EncoderConfig)  # the audio encoder
+    code: EncoderConfig = field(default_factory=EncoderConfig)  # the code encoder
+    n_components: int = bounded(2, min=1, max=64)  # mixture components K
+    logvar_min: float = -12.0  # smallest per-dimension log-variance of a mixture component
+    logvar_max: float = -3.0  # largest; the CSD sums variances over embed_dim: small beside squared distances (<= 4)
+    theta_min: float = bounded(0.05, min=0.0, max=3.14159)  # smallest cone aperture (radians)
+    theta_max: float = bounded(1.2, min=0.0, max=3.14159)  # largest cone aperture (radians)
+    # the compositional layer: compose(parts) -> the compound's distribution (Deep Sets)
     composer: ComposerConfig = field(default_factory=ComposerConfig)
 
     def __post_init__(self) -> None:
@@ -341,50 +359,50 @@ class ModelConfig:
 class LossConfig:
     # auto: point for model.geometry point, csd for mixtures (cones always use their own angular similarity)
     similarity: Literal["auto", "csd", "product_kernel", "point"] = "auto"
-    csd_tau: float = bounded(1.0, min=1e-6)
-    init_logit_scale: float = bounded(1 / 0.07, min=1e-3)
-    max_logit_scale: float = bounded(100.0, min=1e-3)
-    label_smoothing: float = bounded(0.0, min=0.0, max=0.5)
-    entropy_weight: float = 0.0
-    kl_weight: float = bounded(1e-5, min=0.0)
-    sinkhorn_weight: float = bounded(0.0, min=0.0)
-    sinkhorn_reg: float = bounded(0.1, min=1e-6)
-    sinkhorn_iters: int = bounded(50, min=1)
-    entailment_weight: float = bounded(0.2, min=0.0)
+    csd_tau: float = bounded(1.0, min=1e-6)  # temperature of the CSD inside the mixture log-sum-exp
+    init_logit_scale: float = bounded(14.285714, min=1e-3)  # CLIP's 1/0.07
+    max_logit_scale: float = bounded(100.0, min=1e-3)  # the learnable logit scale is clamped here
+    label_smoothing: float = bounded(0.0, min=0.0, max=0.5)  # of the InfoNCE targets
+    entropy_weight: float = 0.0  # mixture-weight entropy term
+    kl_weight: float = bounded(1e-5, min=0.0)  # KL of each Gaussian to N(0, I) (VIB)
+    sinkhorn_weight: float = bounded(0.0, min=0.0)  # Sinkhorn OT between the components of positive pairs
+    sinkhorn_reg: float = bounded(0.1, min=1e-6)  # its entropic regularisation
+    sinkhorn_iters: int = bounded(50, min=1)  # its iterations
+    entailment_weight: float = bounded(0.2, min=0.0)  # cone entailment over the hierarchy
     composition_weight: float = bounded(0.5, min=0.0)  # InfoNCE of compose(parts) against the compound's caption
-    gather_with_grad: bool = True
-    local_loss: bool = False
+    gather_with_grad: bool = True  # gather features across ranks with gradients (OpenCLIP's --gather-with-grad)
+    local_loss: bool = False  # each rank scores its own rows against all (OpenCLIP's --local-loss)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    run_name: str = "default"
+    run_name: str = "default"  # outputs under data/models/<run_name>
     nproc: int = bounded(1, min=1, max=64)  # processes per node (torchrun --nproc-per-node)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: int = bounded(4, min=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
+    epochs: int = bounded(20, min=1)  # passes over the training split
     max_steps: int = bounded(0, min=0)  # 0: as many as the epochs make
-    lr: float = bounded(1e-3, min=0.0)
-    weight_decay: float = bounded(0.1, min=0.0)
-    beta1: float = bounded(0.9, min=0.0, max=1.0)
-    beta2: float = bounded(0.98, min=0.0, max=1.0)
-    eps: float = bounded(1e-6, min=0.0)
-    warmup_steps: int = bounded(20, min=0)
-    min_lr_ratio: float = bounded(0.0, min=0.0, max=1.0)
+    lr: float = bounded(2e-3, min=0.0)  # AdamW learning rate (peak)
+    weight_decay: float = bounded(0.1, min=0.0)  # AdamW weight decay (not on norms, biases, temperature)
+    beta1: float = bounded(0.9, min=0.0, max=1.0)  # AdamW beta1
+    beta2: float = bounded(0.98, min=0.0, max=1.0)  # AdamW beta2
+    eps: float = bounded(1e-6, min=0.0)  # AdamW epsilon
+    warmup_steps: int = bounded(20, min=0)  # linear warmup, then cosine decay
+    min_lr_ratio: float = bounded(0.0, min=0.0, max=1.0)  # the cosine ends at lr x this
     grad_clip: float = bounded(1.0, min=0.0)  # 0: off
-    accum_freq: int = bounded(1, min=1)
+    accum_freq: int = bounded(1, min=1)  # micro-batches per step; the contrastive batch stays whole (cached features)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
-    checkpoint_every: int = bounded(50, min=1)
-    keep_checkpoints: int = bounded(2, min=1)
+    compile: bool = False  # torch.compile the encoders
+    checkpoint_every: int = bounded(50, min=1)  # steps between checkpoints
+    keep_checkpoints: int = bounded(2, min=1)  # checkpoints kept
     resume: str = ""  # "" | latest | <path>
-    val_every: int = bounded(50, min=1)
-    best_metric: str = "val/mean_R@1"
-    best_mode: Literal["max", "min"] = "max"
+    val_every: int = bounded(25, min=1)  # steps between validations
+    best_metric: str = "val/mean_R@1"  # the validation metric that picks the best weights
+    best_mode: Literal["max", "min"] = "max"  # higher or lower is better
     select: Literal["best", "last"] = "best"  # model.pt: the best validated weights, or the last ones
     patience: int = bounded(0, min=0)  # stop after this many validations without a better best_metric (0: never)
-    log_every: int = bounded(10, min=1)
+    log_every: int = bounded(10, min=1)  # steps between logged metrics (and a log line)
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db
-    experiment: str = "multigeometry"
+    experiment: str = "multigeometry"  # the MLflow experiment
 
     def __post_init__(self) -> None:
         check_name("train.run_name", self.run_name)
@@ -394,12 +412,13 @@ class TrainConfig:
 class EvalConfig:
     """The evaluate stage: retrieval, uncertainty and hierarchy metrics of the trained model on one split."""
 
-    split: Literal["train", "val", "test"] = "test"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    split: Literal["train", "val", "test"] = "test"  # the split evaluated
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
     batch_size: int = bounded(256, min=1)  # samples per forward pass when embedding the split
     block_size: int = bounded(1024, min=1)  # queries per block of pair scores: memory is block_size x items
     ks: tuple[int, ...] = _list([1, 5, 10])  # R@K reported as metrics
     curve_max_k: int = bounded(50, min=1)  # the recall@K plot runs K = 1 .. curve_max_k
+    # a mixture's uncertainty (cones: the aperture)
     mixture_uncertainty: Literal["total_variance", "weight_entropy"] = "total_variance"
     uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
     hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
@@ -407,7 +426,7 @@ class EvalConfig:
     # speech cascade baseline for audio-text pairs: an ASR model ("" = off) whose transcripts features.text embeds
     cascade: str = ""
     grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)
-    grid_k: int = bounded(5, min=1, max=20)
+    grid_k: int = bounded(5, min=1, max=20)  # items per query in the grids
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -475,7 +494,7 @@ class OrchestrationConfig:
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = bounded(0, min=0, max=SEED_MAX)
+    seed: int = bounded(0, min=0, max=SEED_MAX)  # every random choice: splits, initialisation, shuffling
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)

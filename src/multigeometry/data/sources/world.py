@@ -20,7 +20,16 @@ from multigeometry.config import WorldConfig
 from multigeometry.data.manifest import ManifestRow
 from multigeometry.data.world.program import program
 from multigeometry.data.world.render import place, render
-from multigeometry.data.world.scene import COMPOUND_LEVEL, LEVELS, caption, level_concepts, parts, sample_scene
+from multigeometry.data.world.scene import (
+    COMPOUND_LEVEL,
+    Scene,
+    LEVELS,
+    caption,
+    level_concepts,
+    near_duplicate,
+    parts,
+    sample_scene,
+)
 from multigeometry.data.world.speech import LANGUAGES, VOICE_VARIANTS, Voice, speak
 
 log = logging.getLogger(__name__)
@@ -40,14 +49,32 @@ def random_voice(rng: np.random.Generator) -> Voice:
     )
 
 
+def _is_near_duplicate(cfg: WorldConfig, seed: int, index: int) -> bool:
+    return index > 0 and cfg.near_duplicates > 0 and np.random.default_rng([seed, index, 3]).random() < cfg.near_duplicates
+
+
+def scene_of(cfg: WorldConfig, seed: int, index: int) -> Scene:
+    """Item `index`'s scene: its own draw, or (data.world.near_duplicates) the previous item's scene with one thing
+    changed, a confusable neighbour; a run of neighbours starts from the last item drawn afresh."""
+    start = index
+    while _is_near_duplicate(cfg, seed, start):
+        start -= 1
+    scene = sample_scene(np.random.default_rng([seed, start]), cfg.max_objects, cfg.textures)
+    for i in range(start + 1, index + 1):
+        scene = near_duplicate(scene, np.random.default_rng([seed, i, 2]))
+    return scene
+
+
 def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[ManifestRow]:
     """Write one item's media under `staging` and return its rows (one per caption paraphrase)."""
     rng = np.random.default_rng([seed, index])
     gid = item_id(index)
-    scene = sample_scene(rng, cfg.max_objects)
+    scene = sample_scene(rng, cfg.max_objects, cfg.textures)
+    if _is_near_duplicate(cfg, seed, index):
+        scene = scene_of(cfg, seed, index)
     placements = place(scene, cfg.image_size, rng)
 
-    image = render(scene, placements, cfg.image_size, cfg.noise, rng)
+    image = render(scene, placements, cfg.image_size, cfg.noise, rng, cfg.clutter)
     image_path = f"image/{gid}.{cfg.image_format}"
     buf = io.BytesIO()
     image.save(buf, format="PNG" if cfg.image_format == "png" else "JPEG", quality=92)

@@ -44,13 +44,15 @@ def program(scene: Scene, placements: list[Placement], size: int, rng: np.random
     for i in order:
         p = placements[i]
         if comments:
-            lines.append(f"# {p.obj.size} {p.obj.color} {p.obj.shape}")
+            lines.append(f"# {p.obj.size} {p.obj.texture + ' ' if p.obj.texture else ''}{p.obj.color} {p.obj.shape}")
         if keyword:
             args = f"x={p.x}, y={p.y}, r={p.radius}, color={p.obj.color!r}"
             if p.angle:
                 args += f", angle={p.angle}"
         else:
             args = f"{p.x}, {p.y}, {p.radius}, {p.obj.color!r}"
+        if p.obj.texture:
+            args += f", texture={p.obj.texture!r}"
         lines.append(f"{name}.{_METHOD[p.obj.shape]}({args})")
     lines.append(f"{name}.save({_pick(rng, ('out.png', 'scene.png', 'picture.png'))!r})")
     return "\n".join(lines) + "\n"

@@ -96,7 +96,48 @@ def polygon(shape: str, x: float, y: float, r: float, angle: float) -> list[tupl
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, placements: list[Placement], size: int, noise: float, rng: np.random.Generator) -> Image.Image:
+def _texture(image: Image.Image, p: Placement, rgb: tuple[int, ...], outline: list | None) -> None:
+    """Stripes, dots or checks in a darker shade of the object's colour, inside its outline."""
+    if p.obj.texture in ("", "plain"):
+        return
+    mask = Image.new("L", image.size, 0)
+    shape = ImageDraw.Draw(mask)
+    box = (p.x - p.radius, p.y - p.radius, p.x + p.radius, p.y + p.radius)
+    shape.ellipse(box, fill=255) if outline is None else shape.polygon(outline, fill=255)
+    pattern = Image.new("L", image.size, 0)
+    draw = ImageDraw.Draw(pattern)
+    step = max(3, p.radius // 3)
+    x0, y0, x1, y1 = (round(v) for v in box)
+    for y in range(y0 - step, y1 + step, step):
+        for x in range(x0 - step, x1 + step, step):
+            i, j = (x - x0) // step, (y - y0) // step
+            if p.obj.texture == "striped" and j % 2 == 0:
+                draw.rectangle((x, y, x + step, y + step // 2), fill=255)
+            elif p.obj.texture == "dotted":
+                r = max(1, step // 4)
+                draw.ellipse((x + step // 2 - r, y + step // 2 - r, x + step // 2 + r, y + step // 2 + r), fill=255)
+            elif p.obj.texture == "checked" and (i + j) % 2 == 0:
+                draw.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
+    light = sum(rgb) / 3 < 90  # a pattern on a dark object is drawn lighter, else darker
+    dark = tuple(int(c + (255 - c) * 0.55) if light else int(c * 0.45) for c in rgb)
+    image.paste(Image.new("RGB", image.size, dark), (0, 0), Image.fromarray(np.minimum(np.asarray(mask),
+                                                                                        np.asarray(pattern))))
+
+
+def _clutter(draw: ImageDraw.ImageDraw, size: int, count: int, rng: np.random.Generator) -> None:
+    """`count` thin strokes and small blots in muted colours: background that no caption describes."""
+    for _ in range(count):
+        shade = tuple(int(v) for v in rng.integers(90, 200, size=3))
+        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, size=4))
+        if rng.random() < 0.6:
+            draw.line((x0, y0, x1, y1), fill=shade, width=max(1, size // 96))
+        else:
+            r = float(rng.uniform(0.01, 0.03)) * size
+            draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=shade)
+
+
+def render(scene: Scene, placements: list[Placement], size: int, noise: float, rng: np.random.Generator,
+           clutter: int = 0) -> Image.Image:
     base = np.array([rng.uniform(185, 250) for _ in range(3)])
     tilt = rng.uniform(-30, 30, size=3)
     ramp = (
@@ -107,6 +148,8 @@ def render(scene: Scene, placements: list[Placement], size: int, noise: float, r
     background = np.broadcast_to(base + ramp * tilt, (size, size, 3))
     image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    if clutter:
+        _clutter(draw, size, clutter, rng)
     for p in placements:
         rgb = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[p.obj.color])
         outline = polygon(p.obj.shape, p.x, p.y, p.radius, p.angle)
@@ -114,6 +157,7 @@ def render(scene: Scene, placements: list[Placement], size: int, noise: float, r
             draw.ellipse((p.x - p.radius, p.y - p.radius, p.x + p.radius, p.y + p.radius), fill=rgb)
         else:
             draw.polygon(outline, fill=rgb)
+        _texture(image, p, rgb, outline)
     pixels = np.asarray(image).astype(np.float32)
     if noise > 0:
         pixels += rng.normal(0.0, noise, size=pixels.shape)

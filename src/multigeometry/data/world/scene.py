@@ -27,6 +27,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
 }
 SIZES = ("small", "large")
+TEXTURES = ("plain", "striped", "dotted", "checked")  # data.world.textures: a fourth attribute, named at the last level
 POSITIONS = ("left", "right", "top", "bottom", "centre")
 RELATIONS = ("left of", "right of", "above", "below")
 _INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -45,9 +46,11 @@ class SceneObject:
     shape: str
     color: str
     size: str
+    texture: str = ""  # "": the world has no textures (data.world.textures: false)
 
     def attributes(self) -> dict[str, str]:
-        return {"shape": self.shape, "color": self.color, "size": self.size}
+        found = {"shape": self.shape, "color": self.color, "size": self.size}
+        return found | ({"texture": self.texture} if self.texture else {})
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,53 @@ class Scene:
     relation: str | None = None  # two objects: objects[0] <relation> objects[1]
 
 
-def sample_scene(rng: np.random.Generator, max_objects: int) -> Scene:
+def sample_scene(rng: np.random.Generator, max_objects: int, textures: bool = False) -> Scene:
     n = int(rng.integers(1, max_objects + 1))
     objects = tuple(
         SceneObject(
             shape=SHAPES[int(rng.integers(len(SHAPES)))],
             color=list(COLORS)[int(rng.integers(len(COLORS)))],
             size=SIZES[int(rng.integers(len(SIZES)))],
+            texture=TEXTURES[int(rng.integers(len(TEXTURES)))] if textures else "",
         )
         for _ in range(n)
     )
+    return _settle(objects, rng)
+
+
+def _settle(objects: tuple[SceneObject, ...], rng: np.random.Generator) -> Scene:
+    """The scene of `objects`: a position for one, a relation for two (never two identical objects)."""
+    n = len(objects)
     if n == 1:
         return Scene(objects, position=POSITIONS[int(rng.integers(len(POSITIONS)))])
     if objects[0] == objects[1]:  # two identical objects cannot be told apart by a relation
         other = [c for c in COLORS if c != objects[0].color]
         objects = (objects[0], SceneObject(objects[1].shape, other[int(rng.integers(len(other)))], objects[1].size))
     return Scene(objects, relation=RELATIONS[int(rng.integers(len(RELATIONS)))])
+
+
+def near_duplicate(scene: Scene, rng: np.random.Generator) -> Scene:
+    """`scene` with exactly one thing changed: one object's colour, shape, size or texture, or the position or
+    relation: a confusable neighbour whose captions differ in one word or phrase."""
+    i = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[i]
+    choices = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES} | ({"texture": TEXTURES} if obj.texture else {})
+    where = "position" if scene.position is not None else "relation"
+    key = (*choices, where)[int(rng.integers(len(choices) + 1))]
+    if key == "position":
+        return Scene(scene.objects, position=_other(POSITIONS, scene.position, rng))
+    if key == "relation":
+        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng))
+    changed = SceneObject(**(obj.attributes() | {key: _other(choices[key], getattr(obj, key), rng)}))
+    objects = tuple(changed if j == i else o for j, o in enumerate(scene.objects))
+    if len(objects) == 2 and objects[0] == objects[1]:
+        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng))
+    return Scene(objects, position=scene.position, relation=scene.relation)
+
+
+def _other(options: tuple[str, ...], current: str | None, rng: np.random.Generator) -> str:
+    rest = [o for o in options if o != current]
+    return rest[int(rng.integers(len(rest)))]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -97,11 +131,16 @@ def closure(attributes: dict[str, str]) -> set[str]:
 _LEVEL_KEYS = ((), ("shape",), ("color", "shape"), ("color", "shape", "size"))
 
 
+def _level_keys(obj: SceneObject, level: int) -> tuple[str, ...]:
+    """The attributes named at `level`; the last level names them all (a texture too, where the world has them)."""
+    return tuple(sorted(obj.attributes())) if level == LEVELS - 1 else _LEVEL_KEYS[level]
+
+
 def level_concepts(scene: Scene, level: int) -> list[str]:
     """The concept set of the scene's caption at `level` (0 = most general)."""
     concepts: set[str] = set()
     for obj in scene.objects:
-        concepts |= closure({k: obj.attributes()[k] for k in _LEVEL_KEYS[level]})
+        concepts |= closure({k: obj.attributes()[k] for k in _level_keys(obj, level)})
     if len(scene.objects) == 2:
         concepts.add("count=2")
     if level == LEVELS - 1:
@@ -134,6 +173,9 @@ def _noun_phrase(obj: SceneObject, keys: tuple[str, ...], rng: np.random.Generat
         return _a(obj.shape)
     if keys == ("color", "shape"):
         return _choose(rng, (_a(f"{obj.color} {obj.shape}"), f"{_a(obj.shape)} that is {obj.color}"))
+    if obj.texture:
+        return _choose(rng, (_a(f"{obj.size} {obj.texture} {obj.color} {obj.shape}"),
+                             f"{_a(f'{obj.size} {obj.texture} {obj.shape}')} coloured {obj.color}"))
     return _choose(
         rng, (_a(f"{obj.size} {obj.color} {obj.shape}"), f"{_a(f'{obj.size} {obj.shape}')} coloured {obj.color}")
     )
@@ -165,8 +207,7 @@ def caption(scene: Scene, level: int, rng: np.random.Generator) -> str:
         if two:
             return _choose(rng, ("two shapes", "two objects", "a pair of shapes", "a picture of two shapes"))
         return _choose(rng, ("a shape", "an object", "a picture of a shape", "a single shape"))
-    keys = _LEVEL_KEYS[level]
-    phrases = [_noun_phrase(o, keys, rng) for o in scene.objects]
+    phrases = [_noun_phrase(o, _LEVEL_KEYS[level], rng) for o in scene.objects]
     if level < LEVELS - 1:
         if two:
             first, second = phrases if rng.random() < 0.5 else phrases[::-1]
