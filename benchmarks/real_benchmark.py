@@ -35,7 +35,9 @@ SETS: dict[str, list[str]] = {
     "spoken-phrases": [*AUDIO_TEXT, "eval.cascade=whisper-tiny.en-asr"],
     "stdlib-code": ["data.source=stdlib-code", "validate.modalities=[code, text]", "pairs.pairs=[{a: code, b: text}]",
                     "data.stdlib_code.max_samples=1500"],
+    "world-hard": [],  # presets/overlays/world-hard.yaml over params.yaml
 }
+GENERATED = {"stdlib-code": None, "world-hard": REPO / "presets" / "overlays" / "world-hard.yaml"}
 REAL_DATA = ["validate.max_bad_fraction=0.1", "validate.data_docs=false", "eval.grid_queries=0",
              "registry.min_metric=2.0"]
 # the linear probe of the issue: one linear map per modality from the frozen features to 256-d, symmetric InfoNCE
@@ -43,12 +45,37 @@ REAL_DATA = ["validate.max_bad_fraction=0.1", "validate.data_docs=false", "eval.
 PROBE = ["model.geometry=point", "model.trunk=linear", "model.embed_dim=256", "loader.batch_size=0",
          "train.epochs=400", "train.lr=0.001", "train.warmup_steps=0", "train.val_every=5", "train.patience=8",
          "model.composer.enabled=false"]
+# the small-data recipe: the text side keeps its pretrained space (locked), code (the same text model) starts from it
+ANCHORED = ["model.trunk=linear", "model.embed_dim=384", "model.text.lock=true", "model.code.init=identity",
+            "loader.batch_size=0", "train.epochs=400", "train.lr=0.001", "train.warmup_steps=0", "train.val_every=5",
+            "train.patience=8"]
+# the recipe params.yaml had before the real-data work (a 2-layer MLP trunk per modality, batches of 64, 20 epochs)
+OLD = ["model.trunk=mlp", "model.embed_dim=128", "model.text.lock=false", "model.code.init=random",
+       "loader.batch_size=64", "train.epochs=20", "train.lr=0.002", "train.warmup_steps=20", "train.val_every=25",
+       "train.patience=0"]
 MODELS: dict[str, list[str]] = {
     "probe": PROBE,
     "point": ["model.geometry=point"],
     "mixture": ["model.geometry=mixture"],
     "cone": ["model.geometry=cone"],
+    **{f"{g}-old": [f"model.geometry={g}", *OLD] for g in ("point", "mixture", "cone")},
+    **{f"{g}-anchored": [f"model.geometry={g}", *ANCHORED] for g in ("point", "mixture", "cone")},
 }
+# each suspect of the gap to the probe, one change from the old point recipe (BENCHMARKS.md, "Real data")
+SUSPECTS: dict[str, list[str]] = {
+    "old": [],
+    "last-weights": ["train.select=last"],
+    "linear-trunk": ["model.trunk=linear"],
+    "dropout-0.3": [f"model.{m}.dropout=0.3" for m in ("image", "text", "audio", "code")],
+    "standardized": ["model.feature_norm=standardize"],
+    "l2-features": ["model.feature_norm=l2"],
+    "full-batch": ["loader.batch_size=0", "train.epochs=200", "train.val_every=5"],
+    "scale-init-50": ["loss.init_logit_scale=50.0"],
+    "lr-5e-4-x3-epochs": ["train.lr=0.0005", "train.epochs=60"],
+    "text-locked": ["model.trunk=linear", "model.embed_dim=384", "model.text.lock=true"],
+    "feature-noise": ["model.trunk=linear", *[f"model.{m}.feature_noise=0.3" for m in ("image", "audio", "code")]],
+}
+MODELS |= {f"suspect:{name}": ["model.geometry=point", *OLD, *extra] for name, extra in SUSPECTS.items()}
 DATA_SECTIONS = ("data", "validate", "audio", "features", "shard")
 COLUMNS = ("mean_R@1", "mean_uncertainty_spearman", "hierarchy/containment_AUC", "hierarchy/level0/R@1",
            "hierarchy/level1/R@1", "cascade/mean_R@1")
@@ -60,12 +87,21 @@ def set_params(name: str, realsets: Path, extra: list[str], seed: int = 0):  # n
     from multigeometry.config import params_from_dict
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    source = [] if name == "stdlib-code" else [f"data.source=folder:{(realsets / name).resolve()}"]
+    if GENERATED.get(name) is not None:
+        base = merged(base, yaml.safe_load(GENERATED[name].read_text()))
+    source = [] if name in GENERATED else [f"data.source=folder:{(realsets / name).resolve()}"]
     overrides = [*source, *REAL_DATA, *SETS[name], *extra, f"seed={seed}"]
     params = params_from_dict(base, overrides)
     # one dataset folder per distinct data configuration, so variants of the features do not overwrite each other
     digest = params.section_hash(*(s for s in DATA_SECTIONS if s != "data"), "data.source", "data.stdlib_code")[:8]
     return params_from_dict(base, [*overrides, f"data.dataset={name}-{digest}"])
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def prepare_set(name: str, realsets: Path, root: Path, extra: list[str]) -> None:
@@ -115,7 +151,9 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["probe", "point", "mixture", "cone"],
+                        help="configurations (probe, point, mixture, cone: params.yaml's recipe; <g>-old, "
+                             "<g>-anchored; suspect:<name>; 'suspects' for all of these)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("data/bench"))
     parser.add_argument("--realsets", type=Path, default=Path("data/realsets"))
@@ -132,10 +170,12 @@ def main() -> None:
     for spec in args.config:
         name, _, rest = spec.partition("=")
         MODELS[name] = [kv for kv in rest.split(",") if kv]
+    if args.models == ["suspects"]:
+        args.models = ["probe", *(m for m in MODELS if m.startswith("suspect:"))]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(MODELS)} (define more with --config)")
-    missing = [s for s in args.sets if s != "stdlib-code" and not (args.realsets / s / "pairs.jsonl").is_file()]
+    missing = [s for s in args.sets if s not in GENERATED and not (args.realsets / s / "pairs.jsonl").is_file()]
     if missing:
         from benchmarks.realsets.build import build
 

@@ -17,6 +17,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+# small MLP trunks of a chosen width (the tests' tiny models), instead of the defaults' linear heads with the text
+# side locked to its 384-dim features
+MLP_RECIPE = {"trunk": "mlp", "text": {"lock": False}, "code": {"init": "random"}}
+
+
 def tiny_params(**sections: dict) -> Params:
     """Params for a world small enough for a unit test; sections override the defaults by key."""
     raw: dict = {"data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}}}
@@ -53,10 +58,10 @@ def tiny_trained_raw(root: Path, geometry: str = "mixture", run_name: str = "tin
         "pairs": {"pairs": [{"a": "image", "b": "text"}, {"a": "audio", "b": "text"}]},
         "loader": {"batch_size": 16, "workers": 0, "shuffle_buffer": 16, "tokenizer": ""},
         "model": {"geometry": geometry, "embed_dim": 32, "n_components": 1 if geometry == "point" else 2,
-                  "image": encoder, "text": encoder, "audio": encoder},
+                  **MLP_RECIPE, "image": encoder, "text": {**encoder, "lock": False}, "audio": encoder},
         "loss": {"similarity": "point" if geometry == "point" else "csd"},
         "train": {"run_name": run_name, "device": "cpu", "epochs": 8, "lr": 3e-3, "warmup_steps": 2,
-                  "val_every": 8, "checkpoint_every": 8, "log_every": 4,
+                  "val_every": 8, "checkpoint_every": 8, "log_every": 4, "select": "last", "patience": 0,
                   "tracking_uri": f"sqlite:///{Path(root).resolve() / 'mlflow.db'}", **train},
         "eval": {"device": "cpu", "batch_size": 8, "block_size": 5, "grid_queries": 2, "curve_max_k": 10},
     }

@@ -148,9 +148,9 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
     # metrics and plot data are in git beside dvc.lock, so two commits compare
     _git_commit(repo_copy, "first run")
     first_model = _sha(repo_copy / "data/models/default/model.pt")
-    _set(repo_copy, "model.embed_dim", 16)  # a training knob never re-runs a data stage
+    _set(repo_copy, "train.weight_decay", 0.05)  # a training knob never re-runs a data stage
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["train", "evaluate", "register"]
-    _git_commit(repo_copy, "embed_dim 16")
+    _git_commit(repo_copy, "weight_decay 0.05")
     diff = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all"], repo_copy)
     for path, key in [("headline.json", "mean_R@1"), ("train.json", "train/loss")]:
         assert re.search(rf"metrics/runs/default/{path}\s+{re.escape(key)}\s+[-\d.]+\s+[-\d.]+", diff), diff
@@ -167,7 +167,7 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
 
     registry = connect(f"sqlite:///{repo_copy / 'mlflow.db'}")
     versions = len(registry.search_model_versions("name='multigeometry'"))
-    _set(repo_copy, "model.embed_dim", 128)
+    _set(repo_copy, "train.weight_decay", 0.1)
     restored = _run(["dvc", "repro"], repo_copy)
     assert _ran(restored) == ["register"] and restored.count("is cached - skipping run") == 2, restored
     assert _sha(repo_copy / "data/models/default/model.pt") == first_model

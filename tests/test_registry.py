@@ -489,9 +489,11 @@ def test_search_gives_calibrated_match_probabilities_and_says_no_match(registere
     assert sum(not rows[0]["no_match"] for rows in answered) >= len(answered) / 2
     first = texts.map(lambda t: t[:1])
     assert isinstance(first, MixtureParams)
-    unlike = MixtureParams(first.logits, -first.mu, first.logvar)  # the means turned around: far from every item
+    images = index.dists["image"]
+    away = -torch.nn.functional.normalize(images.mu.mean(dim=(0, 1)), dim=-1)  # opposite to where the items lie
+    unlike = MixtureParams(first.logits, away.expand_as(first.mu).contiguous(), first.logvar)
     rows = search(trained, index, unlike, 3, ["image"], query_modality="text")
-    assert all(r["no_match"] for r in rows) and rows[0]["match_prob"] < 0.5
+    assert all(r["no_match"] for r in rows) and rows[0]["match_prob"] < 0.5, (rows, a, b)
     assert 0.0 <= rows[0]["query_uncertainty_pct"] <= 100.0
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multigeometry.config import ModelConfig, ParamsError, params_from_dict
+from multigeometry.config import EncoderConfig, ModelConfig, ParamsError, params_from_dict
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.manifest import carve_val_split
 from multigeometry.inference import load_trained
@@ -25,7 +25,7 @@ from tests.conftest import tiny_trained_raw
 
 
 def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
-    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear")
+    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear", text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     assert not list(model.encoders.parameters())
     image = torch.randn(5, 6)
@@ -36,7 +36,8 @@ def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
 
 def test_standardized_features_use_the_train_statistics_and_travel_with_the_weights():
     stats = {"image.emb": {"mean": [1.0, 2.0], "std": [2.0, 4.0]}, "text.emb": {"mean": [0.0], "std": [1.0]}}
-    cfg = ModelConfig(geometry="point", embed_dim=3, n_components=1, trunk="linear", feature_norm="standardize")
+    cfg = ModelConfig(geometry="point", embed_dim=3, n_components=1, trunk="linear", feature_norm="standardize",
+                      text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1}, feature_stats=stats)
     x = torch.tensor([[3.0, 6.0]])
     head = model.heads["image"].mean.proj
@@ -45,7 +46,8 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
     assert "encoders.image.norm.mean" in model.state_dict()
     with pytest.raises(ValueError, match="feature statistics"):
         PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1})
-    l2 = PairModel(ModelConfig(feature_norm="l2"), ["image", "text"], feature_dims={"image": 2, "text": 1})
+    l2 = PairModel(ModelConfig(feature_norm="l2", text=EncoderConfig()), ["image", "text"],
+                   feature_dims={"image": 2, "text": 1})
     torch.testing.assert_close(l2.encoders["image"].norm(x), F.normalize(x, dim=-1))
 
 
@@ -53,8 +55,6 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
 def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
     """text locked: its directions are its normalised features, untrained; code starts at the identity and trains;
     the uncertainty (variances, aperture) trains for both."""
-    from multigeometry.config import EncoderConfig
-
     cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2, trunk="linear",
                       text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
     model = PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 4})
@@ -74,10 +74,8 @@ def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
 
 
 def test_feature_noise_perturbs_training_inputs_only():
-    from multigeometry.config import EncoderConfig
-
     cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear",
-                      image=EncoderConfig(feature_noise=0.5))
+                      image=EncoderConfig(feature_noise=0.5), text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     x = torch.randn(8, 6)
     model.train()

@@ -20,6 +20,7 @@ from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
 from multigeometry.training.checkpoint import list_checkpoints, load_checkpoint
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
+from tests.conftest import MLP_RECIPE
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,10 @@ def train_raw(tmp_root: Path, **train) -> dict:
             "geometry": "mixture",
             "embed_dim": 64,
             "n_components": 2,
+            **MLP_RECIPE,
             **{m: {"input": "emb", "hidden_dim": 128, "layers": 1} for m in ("image", "text", "audio", "code")},
+            "text": {"input": "emb", "hidden_dim": 128, "layers": 1, "lock": False},
+            "code": {"input": "emb", "hidden_dim": 128, "layers": 1, "init": "random"},
         },
         "train": {
             "epochs": 12,

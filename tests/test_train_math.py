@@ -28,8 +28,9 @@ def make_params(geometry: str):
                 "geometry": geometry,
                 "embed_dim": 6,
                 "n_components": 2,
+                "trunk": "mlp",
                 "image": {"hidden_dim": 16, "layers": 1},
-                "text": {"hidden_dim": 16, "layers": 1},
+                "text": {"hidden_dim": 16, "layers": 1, "lock": False},
             },
             "loss": {"kl_weight": 0.01, "entailment_weight": 0.2},
         }

@@ -280,7 +280,7 @@ class AugmentConfig:
 class LoaderConfig:
     """How samples are read, tokenised and batched by both dataset classes."""
 
-    batch_size: int = bounded(64, min=0)  # 0: the whole training split in one step (full batch)
+    batch_size: int = bounded(0, min=0)  # samples per step; 0: the whole training split in one step (full batch)
     workers: int = bounded(0, min=0, max=64)  # loader processes (0: in-process; fastest for feature-only models)
     shuffle_buffer: int = bounded(512, min=0)  # samples in the streaming shuffle buffer
     resampled: bool = False  # draw shards with replacement (equal batches on every rank)
@@ -330,14 +330,16 @@ class ComposerConfig:
 class ModelConfig:
     # a distribution per sample: mixture of Gaussians, cone, or a point (CLIP)
     geometry: Literal["mixture", "cone", "point"] = "mixture"
-    embed_dim: int = bounded(128, min=2)  # dimension of the embedding space
+    embed_dim: int = bounded(384, min=2)  # dimension of the embedding space (a locked modality's feature dim)
     # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features
-    trunk: Literal["mlp", "linear"] = "mlp"
+    trunk: Literal["mlp", "linear"] = "linear"
     feature_norm: Literal["none", "standardize", "l2"] = "none"  # of the shards' features, before the trunk
     image: EncoderConfig = field(default_factory=EncoderConfig)  # the image encoder
-    text: EncoderConfig = field(default_factory=EncoderConfig)  # the text encoder
+    # the text encoder: locked, the text model's own space (BENCHMARKS.md, "Real data": what won on real pairs)
+    text: EncoderConfig = field(default_factory=lambda: EncoderConfig(lock=True))
     audio: EncoderConfig = field(default_factory=EncoderConfig)  # the audio encoder
-    code: EncoderConfig = field(default_factory=EncoderConfig)  # the code encoder
+    # the code encoder: starts from the text model's space, which embeds the code too
+    code: EncoderConfig = field(default_factory=lambda: EncoderConfig(init="identity"))
     n_components: int = bounded(2, min=1, max=64)  # mixture components K
     logvar_min: float = -12.0  # smallest per-dimension log-variance of a mixture component
     logvar_max: float = -3.0  # largest; the CSD sums variances over embed_dim: small beside squared distances (<= 4)
@@ -379,14 +381,14 @@ class TrainConfig:
     run_name: str = "default"  # outputs under data/models/<run_name>
     nproc: int = bounded(1, min=1, max=64)  # processes per node (torchrun --nproc-per-node)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
-    epochs: int = bounded(20, min=1)  # passes over the training split
+    epochs: int = bounded(400, min=1)  # passes over the training split (at most: train.patience stops earlier)
     max_steps: int = bounded(0, min=0)  # 0: as many as the epochs make
-    lr: float = bounded(2e-3, min=0.0)  # AdamW learning rate (peak)
+    lr: float = bounded(1e-3, min=0.0)  # AdamW learning rate (peak)
     weight_decay: float = bounded(0.1, min=0.0)  # AdamW weight decay (not on norms, biases, temperature)
     beta1: float = bounded(0.9, min=0.0, max=1.0)  # AdamW beta1
     beta2: float = bounded(0.98, min=0.0, max=1.0)  # AdamW beta2
     eps: float = bounded(1e-6, min=0.0)  # AdamW epsilon
-    warmup_steps: int = bounded(20, min=0)  # linear warmup, then cosine decay
+    warmup_steps: int = bounded(0, min=0)  # linear warmup, then cosine decay
     min_lr_ratio: float = bounded(0.0, min=0.0, max=1.0)  # the cosine ends at lr x this
     grad_clip: float = bounded(1.0, min=0.0)  # 0: off
     accum_freq: int = bounded(1, min=1)  # micro-batches per step; the contrastive batch stays whole (cached features)
@@ -395,11 +397,11 @@ class TrainConfig:
     checkpoint_every: int = bounded(50, min=1)  # steps between checkpoints
     keep_checkpoints: int = bounded(2, min=1)  # checkpoints kept
     resume: str = ""  # "" | latest | <path>
-    val_every: int = bounded(25, min=1)  # steps between validations
+    val_every: int = bounded(5, min=1)  # steps between validations
     best_metric: str = "val/mean_R@1"  # the validation metric that picks the best weights
     best_mode: Literal["max", "min"] = "max"  # higher or lower is better
     select: Literal["best", "last"] = "best"  # model.pt: the best validated weights, or the last ones
-    patience: int = bounded(0, min=0)  # stop after this many validations without a better best_metric (0: never)
+    patience: int = bounded(8, min=0)  # stop after this many validations without a better best_metric (0: never)
     log_every: int = bounded(10, min=1)  # steps between logged metrics (and a log line)
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db
     experiment: str = "multigeometry"  # the MLflow experiment
