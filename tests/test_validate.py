@@ -55,6 +55,8 @@ PLANTED = {
     "missing_modality": ({}, {"audio": None}, "audio_missing"),
     "unknown_split": ({}, {"split": "holdout"}, "unknown_split"),
     "duplicate_id": ({}, {"sample_id": "DUP"}, "duplicate_sample_id"),
+    "ambiguity_out_of_range": ({}, {"ambiguity": '{"image": {"severity": 1.5}}'}, "ambiguity_invalid"),
+    "ambiguity_not_json": ({}, {"ambiguity": "{image: high"}, "ambiguity_invalid"),
 }
 
 
@@ -138,7 +140,7 @@ def test_any_sample_rate_above_the_minimum_passes_unless_rates_are_listed(tmp_pa
 def test_too_many_bad_rows_fail_the_stage_naming_the_quarantine(planted):
     _params, root, _good = planted
     strict = tiny_params(validate={"max_bad_fraction": 0.05})
-    with pytest.raises(ValidationFailed, match=r"quarantine\.parquet: 16 of \d+ rows quarantined"):
+    with pytest.raises(ValidationFailed, match=r"quarantine\.parquet: 18 of \d+ rows quarantined"):
         validate(strict, root)
     # the outputs are still written for inspection
     assert (validated_dir(strict, root) / QUARANTINE).is_file()

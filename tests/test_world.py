@@ -170,3 +170,50 @@ def test_a_harder_world_has_textures_clutter_and_near_duplicates(tmp_path, world
     assert np.abs(np.asarray(plain, dtype=int) - np.asarray(busy, dtype=int)).sum() > 0
     default_root, _rows = world
     assert _digest(default_root)  # the default world of the fixture is the one the determinism test pins
+
+
+def test_injected_ambiguity_is_recorded_per_sample_and_modality(tmp_path, world):
+    """data.world.ambiguity: items not left clean get a severity per modality that scales their corruption (image
+    occlusion, noise, blur, downscaling; audio noise or babble and truncation; caption vagueness), recorded in the
+    manifest as the uncertainty metrics' ground truth."""
+    import json
+
+    from multigeometry.config import AmbiguityConfig
+    from multigeometry.data.manifest import ambiguity_problem
+
+    cfg = WorldConfig(n_items=16, workers=1, image_size=64, ambiguity=AmbiguityConfig(clean_fraction=0.25))
+    rows = world_rows(tmp_path, cfg, seed=3)
+    clean_root, clean_rows = world
+    records = [json.loads(r.ambiguity) for r in rows]
+    assert all(ambiguity_problem(r.ambiguity) is None for r in rows)
+    corrupted = [i for i, rec in enumerate(records) if rec["image"]["severity"] > 0]
+    assert 8 <= len(corrupted) <= 16 and all(set(rec) == {"image", "audio", "text"} for rec in records)
+    clean = [i for i in range(16) if i not in corrupted]
+    assert all(records[i][m]["severity"] == 0 for i in clean for m in ("image", "audio", "text"))
+    for i in corrupted:
+        image = records[i]["image"]
+        assert {"occlusion", "noise", "blur", "downscale"} <= set(image) and image["noise"] > 0
+        # the same item of the clean world: same scene, now corrupted
+        a = np.asarray(Image.open(tmp_path / rows[i].image), dtype=int)
+        b = np.asarray(Image.open(clean_root / clean_rows[i].image), dtype=int)
+        assert np.abs(a - b).mean() > 1
+        audio = records[i]["audio"]
+        assert audio["snr_db"] < 40 and 0 <= audio["truncation"] < 0.5
+        dropped = records[i]["text"].get("dropped", [])
+        assert len(dropped) == round(records[i]["text"]["severity"] * 3)
+        if "color" in dropped:
+            assert not any(c in rows[i].text.split() for c in COLORS)
+    for i in clean:  # a clean item is the clean world's
+        assert rows[i].text == clean_rows[i].text
+    assert [json.loads(r.ambiguity)["image"]["severity"] for r in clean_rows] == [0.0] * len(clean_rows)
+
+
+def test_a_vague_caption_leaves_out_what_it_drops():
+    from multigeometry.data.world.scene import vague_caption
+
+    scene = Scene((SceneObject("circle", "red", "small", "striped"),), position="left")
+    rng = np.random.default_rng(0)
+    assert vague_caption(scene, ("color", "place"), rng) == "a small striped circle"
+    assert vague_caption(scene, ("size", "texture"), rng).startswith("a red circle")
+    two = Scene((SceneObject("circle", "red", "small"), SceneObject("square", "blue", "large")), relation="above")
+    assert vague_caption(two, ("size", "place"), rng) == "a red circle and a blue square"

@@ -81,6 +81,23 @@ class SplitFractions:
 
 
 @dataclass(frozen=True)
+class AmbiguityConfig:
+    """Ambiguity injected into the world's samples and recorded as ground truth for the uncertainty metrics: each item
+    not left clean gets a severity in (0, 1] per modality, which scales every corruption of that modality up to these
+    limits (the manifest's `ambiguity` column holds the severities and the levels applied)."""
+
+    clean_fraction: float = bounded(1.0, min=0.0, max=1.0)  # share of items left as generated (1: none corrupted)
+    occlusion: float = bounded(0.5, min=0.0, max=0.9)  # image: largest share of its area under a grey box
+    image_noise: float = bounded(48.0, min=0.0, max=128.0)  # image: largest extra pixel noise (std, 0-255 scale)
+    blur: float = bounded(2.0, min=0.0, max=16.0)  # image: largest Gaussian blur radius (pixels)
+    downscale: float = bounded(4.0, min=1.0, max=16.0)  # image: largest factor shrunk by, then enlarged back
+    snr_db: float = bounded(-5.0, min=-20.0, max=60.0)  # audio: the lowest signal-to-noise ratio of the added noise
+    babble: float = bounded(0.5, min=0.0, max=1.0)  # audio: share of that noise that is other speech (rest: white)
+    truncation: float = bounded(0.5, min=0.0, max=0.9)  # audio: largest share of the clip cut from its end
+    vagueness: int = bounded(3, min=0, max=3)  # text: most of size, colour (texture) and place dropped from it
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     """The embedded generated world (`data.source: world`)."""
 
@@ -97,6 +114,7 @@ class WorldConfig:
     textures: bool = False  # a fourth attribute (plain, striped, dotted, checked), drawn and named at the last level
     clutter: int = bounded(0, min=0, max=200)  # undescribed background strokes and blots per image
     near_duplicates: float = bounded(0.0, min=0.0, max=1.0)  # share of items: the previous scene, one thing changed
+    ambiguity: AmbiguityConfig = field(default_factory=AmbiguityConfig)  # corrupted samples, with ground truth
 
 
 @dataclass(frozen=True)

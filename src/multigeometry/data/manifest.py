@@ -10,6 +10,9 @@ Columns:
 - `parts` and `compound_level`: short phrases whose composition is the row's hierarchy description at
   `compound_level` ("red", "a circle" -> "a red circle"), for training and measuring the compositional layer; empty
   and −1 where the source knows no composition.
+- `ambiguity`: JSON, per modality the severity in [0, 1] of the ambiguity injected into the sample and the levels
+  applied (the world's `data.world.ambiguity`), the ground truth of the uncertainty metrics; "" where the source
+  records none.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worke
 MANIFEST = "manifest.parquet"
 COLUMNS = (
     "sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts", "parts",
-    "compound_level",
+    "compound_level", "ambiguity",
 )
 LIST_COLUMNS = ("hierarchy", "concepts", "hierarchy_concepts", "parts")
 
@@ -47,6 +50,7 @@ class ManifestRow:
     hierarchy_concepts: list[list[str]] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     compound_level: int = -1
+    ambiguity: str = ""
 
     def __post_init__(self) -> None:
         if self.parts and not 0 <= self.compound_level < len(self.hierarchy):
@@ -114,6 +118,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     frame = pd.read_parquet(path)
+    if "ambiguity" not in frame.columns:  # manifests written before sources could record injected ambiguity
+        frame["ambiguity"] = ""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(COLUMNS)}")
@@ -134,3 +140,27 @@ def present_modalities(frame: pd.DataFrame) -> list[str]:
 
 def modality_columns(frame: pd.DataFrame, modalities: Sequence[str]) -> pd.DataFrame:
     return frame[[m for m in modalities if m in frame.columns]]
+
+
+def ambiguity_problem(cell: object) -> str | None:
+    """Why a manifest `ambiguity` cell is invalid (None when it is fine): JSON of modality -> {"severity": [0, 1],
+    levels...}, or empty."""
+    import json
+
+    if cell is None or (isinstance(cell, str) and not cell):
+        return None
+    if not isinstance(cell, str):
+        return f"expected a JSON string, got {type(cell).__name__}"
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e})"
+    if not isinstance(value, dict):
+        return "expected a JSON object of modality -> levels"
+    for modality, levels in value.items():
+        if modality not in MODALITIES:
+            return f"unknown modality {modality!r}"
+        severity = levels.get("severity") if isinstance(levels, dict) else None
+        if not isinstance(severity, (int, float)) or isinstance(severity, bool) or not 0.0 <= severity <= 1.0:
+            return f"{modality}: severity {severity!r} is not a number in [0, 1]"
+    return None

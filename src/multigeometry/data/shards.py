@@ -161,6 +161,7 @@ def meta_of(row: dict) -> dict[str, Any]:
         "hierarchy_concepts": [list(c) for c in (row.get("hierarchy_concepts") or [])],
         "parts": list(row.get("parts") or []),
         "compound_level": int(row.get("compound_level", -1)),
+        "ambiguity": json.loads(row["ambiguity"]) if isinstance(row.get("ambiguity"), str) and row["ambiguity"] else {},
     }
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from multigeometry.config import WorldConfig
 from multigeometry.data.manifest import ManifestRow
+from multigeometry.data.world.ambiguity import corrupt_audio, corrupt_image, dropped_attributes, record, severities
 from multigeometry.data.world.program import program
 from multigeometry.data.world.render import place, render
 from multigeometry.data.world.scene import (
@@ -29,6 +30,7 @@ from multigeometry.data.world.scene import (
     near_duplicate,
     parts,
     sample_scene,
+    vague_caption,
 )
 from multigeometry.data.world.speech import LANGUAGES, VOICE_VARIANTS, Voice, speak
 
@@ -75,6 +77,10 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
     placements = place(scene, cfg.image_size, rng)
 
     image = render(scene, placements, cfg.image_size, cfg.noise, rng, cfg.clutter)
+    # ambiguity draws from a stream of its own: a world without it is byte for byte the one before
+    amb_rng = np.random.default_rng([seed, index, 4])
+    severity = severities(cfg.ambiguity, amb_rng)
+    image, image_levels = corrupt_image(image, severity["image"], cfg.ambiguity, amb_rng)
     image_path = f"image/{gid}.{cfg.image_format}"
     buf = io.BytesIO()
     image.save(buf, format="PNG" if cfg.image_format == "png" else "JPEG", quality=92)
@@ -84,16 +90,25 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
     (staging / code_path).write_text(program(scene, placements, cfg.image_size, rng))
 
     captions = [caption(scene, LEVELS - 1, rng) for _ in range(cfg.captions_per_item)]
+    dropped = dropped_attributes(scene, severity["text"], cfg.ambiguity, amb_rng)
+    if dropped:
+        captions = [vague_caption(scene, dropped, amb_rng) for _ in captions]
     hierarchy = [caption(scene, level, rng) for level in range(LEVELS - 1)]
     hierarchy_concepts = [level_concepts(scene, level) for level in range(LEVELS - 1)]
     concepts = level_concepts(scene, LEVELS - 1)
     # a stream of its own, so that adding parts changed none of the other media of an item
     compound_parts = parts(scene, np.random.default_rng([seed, index, 1]))
 
-    audio_path = None
+    audio_path, audio_levels = None, {}
     if cfg.audio:
         audio_path = f"audio/{gid}.flac"
         samples = speak(captions[0], random_voice(rng), cfg.audio_sample_rate)
+        if severity["audio"] > 0:
+            babble = None
+            if cfg.ambiguity.babble > 0:  # another scene's caption said by another voice
+                other = sample_scene(amb_rng, cfg.max_objects, cfg.textures)
+                babble = speak(caption(other, LEVELS - 1, amb_rng), random_voice(amb_rng), cfg.audio_sample_rate)
+            samples, audio_levels = corrupt_audio(samples, severity["audio"], cfg.ambiguity, amb_rng, babble)
         sf.write(staging / audio_path, samples, cfg.audio_sample_rate, format="FLAC", subtype="PCM_16")
 
     return [
@@ -109,6 +124,8 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
             hierarchy_concepts=[list(c) for c in hierarchy_concepts],
             parts=list(compound_parts),
             compound_level=COMPOUND_LEVEL,
+            ambiguity=record(severity, {"image": image_levels, "audio": audio_levels,
+                                        "text": {"dropped": list(dropped)} if dropped else {}}),
         )
         for c, text in enumerate(captions)
     ]

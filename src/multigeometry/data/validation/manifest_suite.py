@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from multigeometry.config import MODALITIES, SPLITS, ValidateConfig
+from multigeometry.data.manifest import ambiguity_problem
 from multigeometry.data.validation.media import Failure, resolve_media
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def _with_derived_columns(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
             for p in frame[modality]
         ]
     derived["text_chars"] = frame["text"].map(lambda t: len(t) if isinstance(t, str) else None)
+    derived["ambiguity_valid"] = frame["ambiguity"].map(lambda cell: ambiguity_problem(cell) is None)
     return derived
 
 
@@ -42,6 +44,9 @@ def _expectations(cfg: ValidateConfig) -> list:
         gxe.ExpectColumnValuesToNotBeNull(column="sample_id", meta=meta("sample_id_missing")),
         gxe.ExpectColumnValuesToBeInSet(
             column="repeats_sample_id", value_set=[False], meta=meta("duplicate_sample_id")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(  # severities in [0, 1] per modality (the uncertainty metrics' ground truth)
+            column="ambiguity_valid", value_set=[True], meta=meta("ambiguity_invalid")
         ),
         gxe.ExpectColumnValuesToNotBeNull(column="group_id", meta=meta("group_id_missing")),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS), meta=meta("unknown_split")),

@@ -220,3 +220,24 @@ def caption(scene: Scene, level: int, rng: np.random.Generator) -> str:
         return f"{phrases[1]} {_INVERSE[relation]} {phrases[0]}"
     where = _choose(rng, _POSITION_PHRASES[scene.position or "centre"])
     return _choose(rng, (f"{phrases[0]} {where}", f"{where}, {phrases[0]}"))
+
+
+VAGUE_ATTRIBUTES = ("size", "color", "texture", "place")  # what a vague caption may leave out (the shape stays)
+
+
+def vague_caption(scene: Scene, dropped: tuple[str, ...], rng: np.random.Generator) -> str:
+    """The most specific caption without the `dropped` attributes (data.world.ambiguity.vagueness): "a circle left of
+    a blue square" can describe several scenes."""
+    def phrase(obj: SceneObject) -> str:
+        words = [getattr(obj, k) for k in ("size", "texture", "color") if k not in dropped and getattr(obj, k)]
+        return _a(" ".join([*words, obj.shape]))
+
+    phrases = [phrase(o) for o in scene.objects]
+    if len(phrases) == 2:
+        if "place" in dropped:
+            return f"{phrases[0]} and {phrases[1]}"
+        relation = scene.relation or ""
+        return f"{phrases[0]} {relation} {phrases[1]}"
+    if "place" in dropped:
+        return phrases[0]
+    return f"{phrases[0]} {_choose(rng, _POSITION_PHRASES[scene.position or 'centre'])}"
