@@ -42,7 +42,8 @@ REAL_DATA = ["validate.max_bad_fraction=0.1", "validate.data_docs=false", "eval.
              "registry.min_metric=2.0"]
 # the linear probe of the issue: one linear map per modality from the frozen features to 256-d, symmetric InfoNCE
 # with a learnable temperature, AdamW, full batch, early stopping on the validation split
-PROBE = ["model.geometry=point", "model.trunk=linear", "model.embed_dim=256", "loader.batch_size=0",
+PROBE = ["model.geometry=point", "model.trunk=linear", "model.embed_dim=256", "model.text.lock=false",
+         "model.code.init=random", "loader.batch_size=0",
          "train.epochs=400", "train.lr=0.001", "train.warmup_steps=0", "train.val_every=5", "train.patience=8",
          "model.composer.enabled=false"]
 # the small-data recipe: the text side keeps its pretrained space (locked), code (the same text model) starts from it
