@@ -80,6 +80,7 @@ def to_example(
         "hierarchy_concepts": meta.get("hierarchy_concepts", []),
         "parts": meta.get("parts", []),
         "compound_level": meta.get("compound_level", -1),
+        "ambiguity": meta.get("ambiguity", {}),
     }
     if "image" in decoded:
         image = decoded["image"]

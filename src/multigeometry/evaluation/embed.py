@@ -68,6 +68,7 @@ class SplitEmbeddings:
     group_ids: Tensor  # (N,) 63-bit group keys
     hierarchy: list[list[str]]
     atoms: list[list[str]]  # each row's atoms: its concepts, or else its hierarchy's descriptions
+    ambiguity: list[dict] = field(default_factory=list)  # each row's injected ambiguity ({} where none is recorded)
     rows: dict[str, Tensor] = field(default_factory=dict)
     dists: dict[str, Distribution] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)  # raw text and code of every row ("" where absent)
@@ -87,6 +88,7 @@ class _EvalCollate:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
         batch["hierarchy_concepts"] = [e.get("hierarchy_concepts", []) for e in examples]
+        batch["ambiguity"] = [e.get("ambiguity", {}) for e in examples]
         return batch
 
 
@@ -124,6 +126,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
     sample_ids: list[str] = []
     groups: list[Tensor] = []
     hierarchy: list[list[str]] = []
+    ambiguity: list[dict] = []
     atoms: list[list[str]] = []
     parts: dict[str, list[Distribution]] = {m: [] for m in modalities}
     rows: dict[str, list[Tensor]] = {m: [] for m in modalities}
@@ -141,6 +144,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
         sample_ids.extend(batch["sample_id"])
         groups.append(batch["group_ids"])
         hierarchy.extend(batch["hierarchy"])
+        ambiguity.extend(batch["ambiguity"])
         use_concepts = use_concepts and all(
             c and len(hc) == len(h) for c, hc, h in zip(batch["concepts"], batch["hierarchy_concepts"],
                                                         batch["hierarchy"], strict=True)
@@ -171,6 +175,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
         group_ids=torch.cat(groups),
         hierarchy=hierarchy,
         atoms=atoms if use_concepts else [list(h) for h in hierarchy],
+        ambiguity=ambiguity,
         texts=texts,
     )
     for m in modalities:

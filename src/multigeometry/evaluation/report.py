@@ -19,6 +19,7 @@ METRICS_FILE = "metrics.json"
 HEADLINE_FILE = "headline.json"
 RECALL_PLOT = "plots/recall_at_k.csv"
 CERTAIN_PLOT = "plots/certain_r1.csv"
+DECILE_PLOT = "plots/r1_by_uncertainty_decile.csv"
 GRID_DIR = "grids"
 CELL = 128
 
@@ -54,6 +55,11 @@ def write_report(result: EvalResult, out: Path, reports: Path, shards_root: Path
         reports / CERTAIN_PLOT,
         ["direction", "most_certain_percent", "R_at_1"],
         ((d, q, f"{r:.6g}") for d, curve in result.certain_curves.items() for q, r in sorted(curve.items())),
+    )
+    write_csv(
+        reports / DECILE_PLOT,
+        ["direction", "uncertainty_decile", "R_at_1"],
+        ((d, i, f"{r:.6g}") for d, curve in result.decile_curves.items() for i, r in enumerate(curve, start=1)),
     )
     if result.top_k and result.embeddings is not None:
         emb = result.embeddings

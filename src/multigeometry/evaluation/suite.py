@@ -31,7 +31,14 @@ from multigeometry.evaluation.retrieval import (
     slice_rows,
     summarize,
 )
-from multigeometry.evaluation.uncertainty import certain_recall, query_uncertainty, spearman
+from multigeometry.evaluation.uncertainty import (
+    ambiguity_metrics,
+    certain_recall,
+    decile_recall,
+    query_uncertainty,
+    severities,
+    spearman,
+)
 from multigeometry.inference import TrainedModel
 from multigeometry.paths import shards_dir
 
@@ -54,6 +61,7 @@ class EvalResult:
     metrics: dict[str, float]
     recall_curves: dict[str, list[float]] = field(default_factory=dict)  # direction -> R@K, K = 1..curve_max_k
     certain_curves: dict[str, dict[int, float]] = field(default_factory=dict)  # direction -> {q%: R@1}
+    decile_curves: dict[str, list[float]] = field(default_factory=dict)  # direction -> R@1, most certain decile first
     top_k: dict[str, TopK] = field(default_factory=dict)
     embeddings: SplitEmbeddings | None = None
 
@@ -84,6 +92,7 @@ def evaluate_split(
     emb = embed_split(trained, shards_dir(trained.params, root), split, cfg.batch_size)
     result = EvalResult(metrics={}, embeddings=emb)
     recalls, rhos = [], []
+    ambiguity_scores: dict[str, list[float]] = {}
     for q, i in directions(trained):
         if q not in emb.dists or i not in emb.dists:
             log.warning("split %s has no %s or no %s samples: %s -> %s not evaluated", split, q, i, q, i)
@@ -108,12 +117,23 @@ def evaluate_split(
                 result.metrics[f"{name}/uncertainty_spearman"] = rho
                 rhos.append(rho)
             result.certain_curves[name] = certain_recall(u, ranks, cfg.uncertainty_quantiles)
+            deciles = decile_recall(u, ranks)
+            if deciles:
+                result.decile_curves[name] = deciles
+                result.metrics[f"{name}/R@1_most_certain_decile"] = deciles[0]
+                result.metrics[f"{name}/R@1_least_certain_decile"] = deciles[-1]
+            severity = severities([emb.ambiguity[r] for r in emb.rows[q].tolist()], q)[valid]
+            for key, value in ambiguity_metrics(u, severity).items():
+                result.metrics[f"{name}/{key}"] = value
+                ambiguity_scores.setdefault(key, []).append(value)
         if cfg.grid_queries > 0:
             result.top_k[name] = _top_k(trained, emb, q, i, cfg)
     if recalls:
         result.metrics["mean_R@1"] = sum(recalls) / len(recalls)
     if rhos:
         result.metrics["mean_uncertainty_spearman"] = sum(rhos) / len(rhos)
+    for key, values in ambiguity_scores.items():
+        result.metrics[f"mean_{key}"] = sum(values) / len(values)
     if cfg.hierarchy and emb.descriptions is not None:
         result.metrics.update(hierarchy_metrics(trained, emb, cfg))
     if cfg.composition:
@@ -175,8 +195,38 @@ def hierarchy_metrics(trained: TrainedModel, emb: SplitEmbeddings, cfg: EvalConf
                 level_r1.setdefault(level, []).append(summary["R@1"])
     if aucs:
         out["hierarchy/containment_AUC"] = sum(aucs) / len(aucs)
+    out.update(generality_metrics(emb, cfg))
     for level, values in sorted(level_r1.items()):
         out[f"hierarchy/level{level}/R@1"] = sum(values) / len(values)
+    return out
+
+
+def generality_metrics(emb: SplitEmbeddings, cfg: EvalConfig) -> dict[str, float]:
+    """Whether general descriptions are the uncertain ones (ProLIP's check of its text uncertainty): the Spearman
+    correlation of a description's uncertainty with how general it is, over the split's hierarchy descriptions
+    (level 0 the most general) and the samples' own captions (the most specific level); and each level's mean
+    uncertainty."""
+    desc = emb.descriptions
+    if desc is None:
+        return {}
+    u_desc = query_uncertainty(desc.dists, cfg.mixture_uncertainty)
+    if u_desc is None:
+        return {}
+    levels = [min(lv) if lv else desc.n_levels for lv in desc.levels]
+    uncertainty = [u_desc.cpu().double()]
+    if "text" in emb.dists:
+        u_text = query_uncertainty(emb.dists["text"], cfg.mixture_uncertainty)
+        if u_text is not None:
+            uncertainty.append(u_text.cpu().double())
+            levels += [desc.n_levels] * u_text.numel()
+    u = torch.cat(uncertainty)
+    level = torch.tensor(levels, dtype=torch.float64)
+    out: dict[str, float] = {}
+    rho = spearman(u, -level)  # the more general (lower level), the more uncertain
+    if not math.isnan(rho):
+        out["hierarchy/generality_spearman"] = rho
+    for value in sorted(set(levels)):
+        out[f"hierarchy/level{value}/mean_uncertainty"] = float(u[level == value].mean())
     return out
 
 

@@ -74,3 +74,47 @@ def certain_recall(uncertainty: Tensor, first_rank: Tensor, quantiles: tuple[int
         return {}
     hits = (first_rank[torch.argsort(uncertainty.cpu(), stable=True)].cpu() <= k).to(torch.float64)
     return {q: float(hits[: max(1, -(-q * n // 100))].mean()) for q in quantiles}
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve of `scores` for the True `labels` (the Mann-Whitney statistic, ties counting half);
+    NaN when either class is empty."""
+    labels = labels.to(torch.bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = average_ranks(scores.double())
+    return (float(ranks[labels].sum()) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def decile_recall(uncertainty: Tensor, first_rank: Tensor, bins: int = 10, k: int = 1) -> list[float]:
+    """R@k in each of `bins` equal groups of queries, from the most certain to the least (PCME++'s plot): a useful
+    uncertainty gives a falling curve."""
+    n = uncertainty.numel()
+    if n < bins:
+        return []
+    hits = (first_rank[torch.argsort(uncertainty.cpu(), stable=True)].cpu() <= k).to(torch.float64)
+    edges = [round(i * n / bins) for i in range(bins + 1)]
+    return [float(hits[a:b].mean()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def severities(ambiguity: list[dict], modality: str) -> Tensor:
+    """The injected severity of `modality` per row (NaN where the source records none)."""
+    return torch.tensor([float(a.get(modality, {}).get("severity", math.nan)) if a else math.nan for a in ambiguity],
+                        dtype=torch.float64)
+
+
+def ambiguity_metrics(uncertainty: Tensor, severity: Tensor) -> dict[str, float]:
+    """How well a query's uncertainty tracks the ambiguity injected into it: the Spearman correlation, and the AUROC
+    of the uncertainty for flagging the most corrupted quarter of the queries. Empty where the split records no
+    varying severity."""
+    known = ~torch.isnan(severity)
+    u, s = uncertainty.cpu().double()[known], severity[known]
+    if s.numel() < 4 or float(s.max() - s.min()) == 0.0:
+        return {}
+    out = {"uncertainty_ambiguity_spearman": spearman(u, s)}
+    worst = s >= torch.quantile(s, 0.75)
+    value = auroc(u, worst)
+    if not math.isnan(value):
+        out["corrupted_auroc"] = value
+    return {k: v for k, v in out.items() if not math.isnan(v)}
