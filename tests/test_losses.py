@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from multigeometry.config import LossConfig, ModelConfig
 from multigeometry.geometry import ConeParams, MixtureParams, containment
-from multigeometry.losses import ConeHierarchy, MainCriterion, SinkhornOTLoss, entailment_loss, info_nce
+from multigeometry.losses import Hierarchy, MainCriterion, SinkhornOTLoss, entailment_loss, info_nce
 
 F64 = torch.float64
 
@@ -270,7 +270,7 @@ def test_sinkhorn_of_identical_single_gaussians_is_zero(gen: torch.Generator) ->
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def nested_cones() -> tuple[ConeParams, ConeParams, ConeHierarchy]:
+def nested_cones() -> tuple[ConeParams, ConeParams, Hierarchy]:
     """Two rows; each item inside its caption, each caption inside two more general levels (general ⊇ specific)."""
 
     def cone(deg: list[float], theta: list[float]) -> ConeParams:
@@ -280,7 +280,7 @@ def nested_cones() -> tuple[ConeParams, ConeParams, ConeHierarchy]:
     items = cone([0.0, 100.0], [0.05, 0.05])
     captions = cone([5.0, 95.0], [0.3, 0.3])
     general = cone([10.0, 20.0, 90.0, 80.0], [0.6, 1.0, 0.6, 1.0])
-    hierarchy = ConeHierarchy(general, owner=torch.tensor([0, 0, 1, 1]), parent=torch.tensor([1, -1, 3, -1]))
+    hierarchy = Hierarchy(general, owner=torch.tensor([0, 0, 1, 1]), parent=torch.tensor([1, -1, 3, -1]))
     return items, captions, hierarchy
 
 
@@ -292,7 +292,7 @@ def test_entailment_is_zero_for_a_consistent_hierarchy() -> None:
 def test_entailment_counts_each_violation() -> None:
     items, captions, hierarchy = nested_cones()
     # swap the levels of row 0: the most general description becomes the narrower one
-    swapped = ConeHierarchy(hierarchy.general, hierarchy.owner, parent=torch.tensor([-1, 0, 3, -1]))
+    swapped = Hierarchy(hierarchy.general, hierarchy.owner, parent=torch.tensor([-1, 0, 3, -1]))
     child, parent = hierarchy.general.map(lambda t: t[1:2]), hierarchy.general.map(lambda t: t[0:1])
     violation = containment(parent, child)[0]
     assert violation > 0
@@ -308,7 +308,7 @@ def test_cone_criterion_with_hierarchy(gen: torch.Generator) -> None:
     crit = MainCriterion(LossConfig(entailment_weight=0.2), ModelConfig(geometry="cone")).double()
     a, b = random_cones(gen, 4, 5), random_cones(gen, 4, 5)
     general = random_cones(gen, 6, 5)
-    hierarchy = ConeHierarchy(
+    hierarchy = Hierarchy(
         general, owner=torch.tensor([0, 0, 1, 2, 3, 3]), parent=torch.tensor([1, -1, -1, -1, 5, -1])
     )
     out = crit(a, b, hierarchy=hierarchy)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from multigeometry.config import LossConfig, ModelConfig
 from multigeometry.distributed import all_gather_no_grad, all_gather_with_grad
 from multigeometry.geometry import ConeParams, MixtureParams
-from multigeometry.losses import ConeHierarchy, MainCriterion
+from multigeometry.losses import Hierarchy, MainCriterion
 
 WORLD = 2
 LOCAL_BATCH = 5
@@ -72,7 +72,7 @@ def run_loss(case: str, leaves: dict) -> tuple[torch.Tensor, MainCriterion]:
         b = ConeParams(leaves["b.direction"], leaves["b.theta"])
         # one general caption per row, owned by the local row
         general = ConeParams(leaves["general.direction"], leaves["general.theta"])
-        hierarchy = ConeHierarchy(general, owner=torch.arange(a.batch_size))
+        hierarchy = Hierarchy(general, owner=torch.arange(a.batch_size))
     else:
         a, b = (MixtureParams(leaves[f"{s}.logits"], leaves[f"{s}.mu"], leaves.get(f"{s}.logvar")) for s in "ab")
         hierarchy = None

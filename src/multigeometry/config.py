@@ -390,6 +390,24 @@ class LossConfig:
     sinkhorn_iters: int = bounded(50, min=1)  # its iterations
     entailment_weight: float = bounded(0.2, min=0.0)  # cone entailment over the hierarchy
     composition_weight: float = bounded(0.5, min=0.0)  # InfoNCE of compose(parts) against the compound's caption
+    # infonce: symmetric InfoNCE | sigmoid: PCME++'s pairwise loss, a binary cross-entropy of every pair's logit
+    # scale x similarity + bias (a learnable bias) against "same group"
+    objective: Literal["infonce", "sigmoid"] = "infonce"
+    init_logit_bias: float = -10.0  # the sigmoid objective's learnable bias, at the start (SigLIP's)
+    pseudo_positive_weight: float = bounded(0.0, min=0.0, max=1.0)  # sigmoid: pairs above a row's positive: label
+    # sigmoid, single process: this share of a batch's pairs has its first side's features mixed with another pair's
+    # (PCME++'s mixed-sample augmentation), labels mixed alike
+    mixup: float = bounded(0.0, min=0.0, max=1.0)
+    # mixtures (ProLIP): a general description's distribution includes the caption's, the caption's the item's
+    inclusion_weight: float = bounded(0.0, min=0.0)
+    inclusion_scale: float = bounded(1.0, min=1e-6)  # slope of the inclusion test inside its log-sigmoid
+    # cones: margins of the entailment, per step up the hierarchy (caption over item, first general level over the
+    # caption, then each level over the next; the last margin repeats)
+    entailment_margins: tuple[float, ...] = _list([0.0])
+    aperture_weight: float = bounded(0.0, min=0.0)  # cones: a more general cone is wider, by aperture_gap
+    aperture_gap: float = bounded(0.05, min=0.0)  # radians between a level's aperture and the next's
+    # every geometry: InfoNCE of the items against each hierarchy level's descriptions, so middle levels are learned
+    hierarchy_contrastive_weight: float = bounded(0.0, min=0.0)
     gather_with_grad: bool = True  # gather features across ranks with gradients (OpenCLIP's --gather-with-grad)
     local_loss: bool = False  # each rank scores its own rows against all (OpenCLIP's --local-loss)
 

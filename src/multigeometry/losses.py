@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from multigeometry.config import LossConfig, ModelConfig
 from multigeometry.distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world
 from multigeometry.geometry.blockwise import DEFAULT_CHUNK_ELEMENTS
-from multigeometry.geometry.cone import ConeParams, cone_similarity, containment
+from multigeometry.geometry.cone import ConeParams, angles, cone_similarity
 from multigeometry.geometry.mixture import (
     MixtureParams,
     csd_similarity,
+    inclusion_logit,
     mixture_kl_to_standard,
     mixture_weight_entropy,
     paired_w2_cost,
@@ -45,20 +46,35 @@ SINGLE_BLOCK_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
-class ConeHierarchy:
-    """The hierarchy a batch carries, for the entailment term.
+class Hierarchy:
+    """The hierarchy a batch carries, for the hierarchy terms (cone entailment and aperture order, mixture inclusion,
+    the contrastive term over each level).
 
-    `general` holds the cones of the more general descriptions of batch rows (M of them, any number per row);
-    `owner[m]` is the local row whose caption `general[m]` generalises; `parent[m]`, when given, is the index in
-    `general` of the next more general description of the same row, or −1 for the most general one.
+    `general` holds the distributions of the more general descriptions of batch rows (M of them, any number per
+    row); `owner[m]` is the local row whose caption `general[m]` generalises; `parent[m]`, when given, is the index in
+    `general` of the next more general description of the same row, or −1 for the most general one; `key[m]`, when
+    given, keys the description's text (equal texts describe the same thing: not each other's negatives).
     `caption_side` says which side of the pair holds the specific captions ("b" for (image, text) pairs); the other
     side holds the items the captions describe.
     """
 
-    general: ConeParams
+    general: Distribution
     owner: Tensor
     parent: Tensor | None = None
     caption_side: Literal["a", "b"] = "b"
+    key: Tensor | None = None
+
+    def levels(self) -> Tensor:
+        """Each description's level, 0 for the most general (its chain of parents; parents come before children)."""
+        level = torch.zeros(len(self.owner), dtype=torch.long, device=self.owner.device)
+        if self.parent is not None:
+            for m, p in enumerate(self.parent.tolist()):
+                if p >= 0:
+                    level[m] = level[p] + 1
+        return level
+
+
+ConeHierarchy = Hierarchy  # the entailment term's name for it
 
 
 def info_nce(
@@ -283,22 +299,102 @@ class SinkhornOTLoss(nn.Module):
         return self.pair_costs(a, b).mean()
 
 
-def entailment_loss(captions: ConeParams, items: ConeParams, hierarchy: ConeHierarchy) -> Tensor:
-    """MERU-style entailment, general ⊇ specific ⊇ item: the mean containment score of each kind of pair, summed.
-
-    caption_i ⊇ item_i for every row; general_m ⊇ caption_owner[m]; general_parent[m] ⊇ general_m.
-    """
-    total = containment(captions, items).mean()
+def hierarchy_pairs(
+    captions: Distribution, items: Distribution, hierarchy: Hierarchy
+) -> list[tuple[Distribution, Distribution, int]]:
+    """The (outer, inner, step) pairs a hierarchy implies, row-aligned: caption_i ⊇ item_i (step 0), general_m ⊇
+    caption_owner[m] (step 1: the most specific general level; others by their distance), parent ⊇ general_m."""
+    pairs = [(captions, items, 0)]
     general, owner = hierarchy.general, hierarchy.owner
     if owner.numel() > 0:
-        total = total + containment(general, captions.map(lambda t: t[owner])).mean()
+        pairs.append((general, captions.map(lambda t: t[owner]), 1))
         if hierarchy.parent is not None:
             has_parent = hierarchy.parent >= 0
             if bool(has_parent.any()):
                 children = general.map(lambda t: t[has_parent])
                 parents = general.map(lambda t: t[hierarchy.parent[has_parent]])
-                total = total + containment(parents, children).mean()
+                pairs.append((parents, children, 2))
+    return pairs
+
+
+def entailment_loss(captions: ConeParams, items: ConeParams, hierarchy: Hierarchy,
+                    margins: tuple[float, ...] = (0.0,)) -> Tensor:
+    """MERU-style entailment, general ⊇ specific ⊇ item: the mean containment score of each kind of pair, summed,
+    each with its margin (`loss.entailment_margins`: the inner cone must sit that many radians inside the outer).
+
+    caption_i ⊇ item_i for every row; general_m ⊇ caption_owner[m]; general_parent[m] ⊇ general_m.
+    """
+    total = captions.direction.new_zeros(())
+    for outer, inner, step in hierarchy_pairs(captions, items, hierarchy):
+        margin = margins[min(step, len(margins) - 1)] if margins else 0.0
+        # containment(outer, inner) is relu(angle + θ_inner − θ_outer); the margin asks for room to spare
+        excess = angles(outer.direction, inner.direction) + inner.theta - outer.theta
+        total = total + F.relu(excess + margin).mean()
     return total
+
+
+def aperture_order_loss(captions: ConeParams, items: ConeParams, hierarchy: Hierarchy, gap: float) -> Tensor:
+    """Generality in the aperture (MERU, HyCoCLIP): every outer cone of the hierarchy wider than its inner one by
+    `gap` radians, relu(θ_inner − θ_outer + gap), averaged per kind of pair and summed."""
+    total = captions.theta.new_zeros(())
+    for outer, inner, _step in hierarchy_pairs(captions, items, hierarchy):
+        total = total + F.relu(inner.theta - outer.theta + gap).mean()
+    return total
+
+
+def inclusion_loss(captions: MixtureParams, items: MixtureParams, hierarchy: Hierarchy, scale: float) -> Tensor:
+    """ProLIP's inclusion loss for mixtures: −log σ(scale · inclusion logit) of every pair the hierarchy implies
+    (item ⊂ caption ⊂ general ⊂ more general), averaged per kind of pair and summed."""
+    total = captions.mu.new_zeros(())
+    for outer, inner, _step in hierarchy_pairs(captions, items, hierarchy):
+        total = total - F.logsigmoid(scale * inclusion_logit(inner, outer)).mean()  # type: ignore[arg-type]
+    return total
+
+
+def hierarchy_contrastive(items: Distribution, hierarchy: Hierarchy, similarity, scale: Tensor,
+                          smoothing: float = 0.0) -> Tensor:
+    """Each hierarchy level as a retrieval task: the items against the batch's descriptions of that level (an item's
+    positive is its own ancestor there; the same text of other rows is not a negative), symmetric InfoNCE, the levels
+    averaged. This trains the middle levels, which the caption-level contrastive term alone leaves vague."""
+    levels = hierarchy.levels()
+    keys = hierarchy.key if hierarchy.key is not None else torch.arange(len(levels), device=levels.device)
+    losses = []
+    for level in torch.unique(levels).tolist():
+        at = torch.nonzero(levels == level).squeeze(1)
+        if at.numel() < 2:
+            continue
+        general = hierarchy.general.map(lambda t, at=at: t[at])
+        owners = items.map(lambda t, at=at: t[hierarchy.owner[at]])
+        sim = similarity(owners, general)
+        losses.append(info_nce(sim, scale, None, keys[at], keys[at], smoothing, True))
+    if not losses:
+        return scale.new_zeros(())
+    return torch.stack(losses).mean()
+
+
+def sigmoid_pairwise_loss(sim: Tensor, scale: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
+    """PCME++'s (and SigLIP's) pairwise loss: the binary cross-entropy of every pair's logit scale · sim + bias
+    against its label (1 a match, 0 not, in between for pseudo-positives and mixed samples), summed over the columns
+    and averaged over the rows."""
+    logits = sim * scale.to(sim.dtype) + bias.to(sim.dtype)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(sim.dtype), reduction="sum") / sim.shape[0]
+
+
+def pair_labels(row_groups: Tensor, col_groups: Tensor, sim: Tensor | None = None, pseudo_weight: float = 0.0,
+                soft_rows: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Labels of every pair: 1 where the groups match; PCME++'s pseudo-positives (a pair that scores above the row's
+    best positive) get `pseudo_weight`; `soft_rows` = (λ, partner) mixes each row's labels with its partner's (the
+    rows whose inputs were mixed: λ of their own, 1 − λ of the partner's)."""
+    labels = (row_groups[:, None] == col_groups[None, :]).to(torch.float32)
+    if soft_rows is not None:
+        lam, partner = soft_rows
+        labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
+    if pseudo_weight > 0 and sim is not None:
+        s = sim.detach()
+        best = torch.where(labels > 0, s, torch.full_like(s, float("-inf"))).max(1).values
+        pseudo = (s > best[:, None]) & (labels == 0)
+        labels = labels + pseudo_weight * pseudo.to(labels.dtype)
+    return labels
 
 
 class MainCriterion(nn.Module):
@@ -341,6 +437,10 @@ class MainCriterion(nn.Module):
         self.cfg, self.geometry, self.similarity_kind = loss_cfg, model_cfg.geometry, kind
         self.chunk_elements, self.product_kernel_max_elements = chunk_elements, product_kernel_max_elements
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
+        if loss_cfg.objective == "sigmoid":
+            self.logit_bias = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_bias)))
+        elif loss_cfg.pseudo_positive_weight > 0 or loss_cfg.mixup > 0:
+            raise ValueError("loss.pseudo_positive_weight and loss.mixup label pairs for loss.objective: sigmoid")
         self.sinkhorn = SinkhornOTLoss(loss_cfg.sinkhorn_reg, loss_cfg.sinkhorn_iters)
 
     def logit_scale(self) -> Tensor:
@@ -368,11 +468,16 @@ class MainCriterion(nn.Module):
         a: Distribution,
         b: Distribution,
         group_ids: Tensor | None = None,
-        hierarchy: ConeHierarchy | None = None,
+        hierarchy: Hierarchy | None = None,
+        soft_rows: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
+        """`soft_rows` = (λ, partner): rows whose first side's inputs were mixed with their partner's (loss.mixup)."""
         self._check(a, b, group_ids)
         cfg = self.cfg
-        terms: dict[str, Tensor] = {"contrastive": self._contrastive(a, b, group_ids)}
+        if cfg.objective == "sigmoid":
+            terms: dict[str, Tensor] = {"contrastive": self._sigmoid(a, b, group_ids, soft_rows)}
+        else:
+            terms = {"contrastive": self._contrastive(a, b, group_ids)}
         weighted = terms["contrastive"]
         if isinstance(a, MixtureParams) and isinstance(b, MixtureParams):
             if cfg.entropy_weight != 0 and a.n_components > 1:
@@ -386,13 +491,53 @@ class MainCriterion(nn.Module):
             if cfg.sinkhorn_weight > 0:
                 terms["sinkhorn"] = self.sinkhorn(a, b)
                 weighted = weighted + cfg.sinkhorn_weight * terms["sinkhorn"]
-        elif hierarchy is not None and cfg.entailment_weight > 0:
-            captions, items = (b, a) if hierarchy.caption_side == "b" else (a, b)
-            terms["entailment"] = entailment_loss(captions, items, hierarchy)
-            weighted = weighted + cfg.entailment_weight * terms["entailment"]
+        if hierarchy is not None:
+            weighted = weighted + self._hierarchy_terms(a, b, hierarchy, terms)
         terms["logit_scale"] = self.logit_scale().detach()
         terms["loss"] = weighted
         return terms
+
+    def _hierarchy_terms(self, a: Distribution, b: Distribution, hierarchy: Hierarchy,
+                         terms: dict[str, Tensor]) -> Tensor:
+        """The weighted hierarchy terms of the geometry (each also put in `terms`, unweighted)."""
+        cfg = self.cfg
+        captions, items = (b, a) if hierarchy.caption_side == "b" else (a, b)
+        weighted = self.log_logit_scale.new_zeros(())
+        parts: list[tuple[str, float, Tensor]] = []
+        if isinstance(captions, ConeParams) and isinstance(items, ConeParams):
+            if cfg.entailment_weight > 0:
+                parts.append(("entailment", cfg.entailment_weight,
+                              entailment_loss(captions, items, hierarchy, cfg.entailment_margins)))
+            if cfg.aperture_weight > 0:
+                parts.append(("aperture_order", cfg.aperture_weight,
+                              aperture_order_loss(captions, items, hierarchy, cfg.aperture_gap)))
+        elif (isinstance(captions, MixtureParams) and isinstance(items, MixtureParams) and cfg.inclusion_weight > 0
+              and captions.logvar is not None and items.logvar is not None):
+            parts.append(("inclusion", cfg.inclusion_weight,
+                          inclusion_loss(captions, items, hierarchy, cfg.inclusion_scale)))
+        if cfg.hierarchy_contrastive_weight > 0:
+            parts.append(("hierarchy_contrastive", cfg.hierarchy_contrastive_weight,
+                          hierarchy_contrastive(items, hierarchy, self.similarity, self.logit_scale(),
+                                                cfg.label_smoothing)))
+        for name, weight, value in parts:
+            terms[name] = value
+            weighted = weighted + weight * value
+        return weighted
+
+    def _sigmoid(self, a: Distribution, b: Distribution, group_ids: Tensor | None,
+                 soft_rows: tuple[Tensor, Tensor] | None) -> Tensor:
+        """PCME++'s pairwise loss over every pair of the global batch (gathered as the InfoNCE term is)."""
+        gather = all_gather_with_grad if self.cfg.gather_with_grad else all_gather_no_grad
+        a_all, b_all = a.map(gather), b.map(gather)
+        n = a_all.batch_size
+        groups = torch.arange(n, device=self.log_logit_scale.device) if group_ids is None \
+            else all_gather_no_grad(group_ids)
+        if soft_rows is not None and n != a.batch_size:
+            raise ValueError("loss.mixup needs a single process (its mixed rows are local)")
+        sim = self.similarity(a_all, b_all)
+        labels = pair_labels(groups, groups, sim, self.cfg.pseudo_positive_weight, soft_rows)
+        scale = self.logit_scale()
+        return sigmoid_pairwise_loss(sim, scale, self.logit_bias, labels)
 
     def composition(self, composed: Distribution, compound: Distribution, meaning: Tensor) -> Tensor:
         """Symmetric InfoNCE of the composed distributions against their compounds' caption distributions, both

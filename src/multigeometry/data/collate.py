@@ -71,6 +71,7 @@ class Collator:
                 features.append(e[f"{column}.emb"])
         batch[f"{column}_owner"] = torch.tensor(owners, dtype=torch.long)
         batch[f"{column}_raw"] = texts
+        batch[f"{column}_key"] = torch.tensor([group_key(t) for t in texts], dtype=torch.long)  # same text, same key
         if features and sum(f.shape[0] for f in features) == len(texts):
             batch[f"{column}.emb"] = torch.cat(features)
         if texts and self.tokenize:

@@ -227,3 +227,33 @@ def _paired_sq_dist(u: Tensor, v: Tensor) -> Tensor:
     """‖u_bk − v_bl‖² for (B, K, D) and (B, K', D), through a batched product rather than a (B, K, K', D) tensor."""
     sq = u.pow(2).sum(-1)[:, :, None] + v.pow(2).sum(-1)[:, None, :] - 2.0 * torch.bmm(u, v.transpose(1, 2))
     return sq.clamp_min(0.0)
+
+
+def moment_matched(p: MixtureParams) -> tuple[Tensor, Tensor]:
+    """The single diagonal Gaussian with the mixture's mean and variance, (B, D) mean and log-variance."""
+    if p.logvar is None:
+        raise ValueError("moment matching needs variances (logvar is None: a point embedding)")
+    w = p.weights()[..., None]
+    mean = (w * p.mu).sum(1)
+    second = (w * (p.logvar.exp() + p.mu.pow(2))).sum(1)
+    return mean, (second - mean.pow(2)).clamp_min(1e-12).log()
+
+
+INCLUSION_EPS = -10.0  # ProLIP's: scales the inverse variances inside the test, keeping it finite for small σ
+
+
+def _inclusion_test(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
+    """ProLIP's per-dimension inclusion test of Gaussian 1 in Gaussian 2 (large when 1 lies inside 2)."""
+    inv1, inv2 = (-logvar1 + INCLUSION_EPS).exp(), (-logvar2 + INCLUSION_EPS).exp()
+    a = inv1 + 0.5 * inv2
+    b = 2 * mu1 * inv1 + mu2 * inv2
+    c = mu1.pow(2) * inv1 + 0.5 * mu2.pow(2) * inv2
+    return -2 * logvar1 - logvar2 - 0.5 * a.log() + b.pow(2) / (4 * a) - c
+
+
+def inclusion_logit(inner: MixtureParams, outer: MixtureParams) -> Tensor:
+    """How much more `inner` lies inside `outer` than the reverse, row-aligned (B,): ProLIP's inclusion logit on the
+    moment-matched Gaussians, averaged over dimensions; positive when inner ⊂ outer."""
+    m1, v1 = moment_matched(inner)
+    m2, v2 = moment_matched(outer)
+    return (_inclusion_test(m1, v1, m2, v2) - _inclusion_test(m2, v2, m1, v1)).mean(-1)

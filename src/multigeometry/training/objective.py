@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from multigeometry.geometry.cone import ConeParams
 from multigeometry.geometry.mixture import MixtureParams
-from multigeometry.losses import ConeHierarchy, MainCriterion
+from multigeometry.losses import Hierarchy, MainCriterion
 from multigeometry.models.pair_model import Distribution, PairModel
 
 
@@ -34,7 +34,7 @@ def concat(parts: list[Distribution]) -> Distribution:
     return MixtureParams(torch.cat([p.logits for p in parts]), torch.cat([p.mu for p in parts]), logvar)
 
 
-def hierarchy_for_rows(batch: dict[str, Any], general: ConeParams, keep: Tensor, side: str) -> ConeHierarchy | None:
+def hierarchy_for_rows(batch: dict[str, Any], general: Distribution, keep: Tensor, side: str) -> Hierarchy | None:
     """The batch's hierarchy restricted to the rows `keep` (a bool mask), re-indexed to the selected rows."""
     owner, parent = batch["hierarchy_owner"].to(keep.device), batch["hierarchy_parent"].to(keep.device)
     kept_entries = keep[owner]
@@ -45,12 +45,36 @@ def hierarchy_for_rows(batch: dict[str, Any], general: ConeParams, keep: Tensor,
     idx = torch.nonzero(kept_entries).squeeze(1)
     old_parent = parent[idx]
     remapped = torch.where(old_parent >= 0, new_entry[old_parent.clamp_min(0)], old_parent)
-    return ConeHierarchy(
-        general=select_rows(general, idx),  # type: ignore[arg-type]
+    keys = batch.get("hierarchy_key")
+    return Hierarchy(
+        general=select_rows(general, idx),
         owner=new_row[owner[idx]],
         parent=remapped,
         caption_side=side,  # type: ignore[arg-type]
+        key=None if keys is None else keys.to(keep.device)[idx],
     )
+
+
+def mix_features(batch: dict[str, Any], modalities: list[str], share: float,
+                 generator: torch.Generator | None = None) -> tuple[dict[str, Any], tuple[Tensor, Tensor]] | None:
+    """PCME++'s mixed-sample augmentation on shard features (`loss.mixup`): `share` of the rows get, for every
+    non-text modality of the pairs, λ of their own features and 1 − λ of a partner row's (λ ~ U(0.5, 1)). Returns
+    the batch with mixed features and (λ, partner) for every row (λ = 1 where unmixed); None where some row lacks a
+    modality or its features, or the batch is too small."""
+    mixed_modalities = [m for m in modalities if m not in ("text", "code") and f"{m}.emb" in batch]
+    n = len(batch["group_ids"])
+    if n < 2 or not mixed_modalities or not all(bool(batch["present"][m].all()) for m in modalities):
+        return None
+    device = batch["group_ids"].device
+    pick = torch.rand(n, generator=generator) < share
+    lam = torch.where(pick, 0.5 + 0.5 * torch.rand(n, generator=generator), torch.ones(n))
+    partner = torch.randperm(n, generator=generator)
+    out = dict(batch)
+    for m in mixed_modalities:
+        x = batch[f"{m}.emb"]
+        w = lam.to(x.device, x.dtype)[:, None]
+        out[f"{m}.emb"] = w * x + (1 - w) * x[partner.to(x.device)]
+    return out, (lam.to(device), partner.to(device))
 
 
 class TrainModule(nn.Module):
@@ -73,13 +97,18 @@ class TrainModule(nn.Module):
         """The weighted loss of the batch. With `cached` (the other micro-batches' features, computed without
         gradients), this batch's fresh features replace slot `slot` and the contrastive terms see the whole
         accumulated batch, as OpenCLIP's accum-freq does."""
+        soft_rows = None
+        if self.criterion.cfg.mixup > 0 and self.training:
+            if cached is not None:
+                raise ValueError("loss.mixup mixes within one batch: use train.accum_freq: 1")
+            mixed = mix_features(batch, self._modalities(batch), self.criterion.cfg.mixup)
+            if mixed is not None:
+                batch, soft_rows = mixed
         dists = self.model(batch, self._modalities(batch))
-        general = None
-        if self.model.cfg.geometry == "cone" and self.criterion.cfg.entailment_weight > 0:
-            general = self.model.encode_hierarchy(batch)
+        general = self.model.encode_hierarchy(batch) if self._needs_hierarchy() else None
         batches = [batch] if cached is None else cached_batches
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
-        terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0)
+        terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0, soft_rows)
         weight = self.criterion.cfg.composition_weight if self.model.composer is not None else 0.0
         if weight > 0:
             composition = self._composition(batch, general)
@@ -108,6 +137,13 @@ class TrainModule(nn.Module):
             return None
         return self.criterion.composition(dist, compound, batch["compound_group"][rows])
 
+    def _needs_hierarchy(self) -> bool:
+        """Whether a hierarchy term of this geometry is on (then the batch's general descriptions are encoded)."""
+        cfg, geometry = self.criterion.cfg, self.model.cfg.geometry
+        return (cfg.hierarchy_contrastive_weight > 0
+                or (geometry == "cone" and (cfg.entailment_weight > 0 or cfg.aperture_weight > 0))
+                or (geometry == "mixture" and cfg.inclusion_weight > 0))
+
     @staticmethod
     def _modalities(batch: dict[str, Any]) -> list[str]:
         return sorted({m for a, b, _w in batch["pairs"] for m in (a, b)})
@@ -119,6 +155,7 @@ class TrainModule(nn.Module):
         all_dists: list[dict[str, Distribution]],
         general: Distribution | None,
         slot: int,
+        soft_rows: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         assert batches is not None
         device = batch["group_ids"].device
@@ -131,12 +168,12 @@ class TrainModule(nn.Module):
             side_b = concat([select_rows(d[b], r) for d, r in zip(all_dists, rows, strict=True)])
             groups = torch.cat([bt["group_ids"].to(device)[r] for bt, r in zip(batches, rows, strict=True)])
             hierarchy = None
-            if isinstance(general, ConeParams) and "text" in (a, b) and len(batch["hierarchy_owner"]):
+            if general is not None and "text" in (a, b) and len(batch["hierarchy_owner"]):
                 own = hierarchy_for_rows(batch, general, masks[slot], "b" if b == "text" else "a")
-                if own is not None:  # entailment is local to this micro-batch: offset its owners into the concat
+                if own is not None:  # the hierarchy is local to this micro-batch: offset its owners into the concat
                     offset = sum(int(m.sum()) for m in masks[:slot])
-                    hierarchy = ConeHierarchy(own.general, own.owner + offset, own.parent, own.caption_side)
-            out = self.criterion(side_a, side_b, groups, hierarchy)
+                    hierarchy = Hierarchy(own.general, own.owner + offset, own.parent, own.caption_side, own.key)
+            out = self.criterion(side_a, side_b, groups, hierarchy, soft_rows)
             total = total + weight * out["loss"]
             for name, value in out.items():
                 if name != "loss":
