@@ -77,9 +77,30 @@ SUSPECTS: dict[str, list[str]] = {
     "feature-noise": ["model.trunk=linear", *[f"model.{m}.feature_noise=0.3" for m in ("image", "audio", "code")]],
 }
 MODELS |= {f"suspect:{name}": ["model.geometry=point", *OLD, *extra] for name, extra in SUSPECTS.items()}
+# the uncertainty and hierarchy options (issue 12), each on params.yaml's recipe; "<option>@<geometry>" in --models
+OPTIONS: dict[str, list[str]] = {
+    "base": [],
+    "pcmepp": ["loss.objective=sigmoid"],
+    "pcmepp-pseudo": ["loss.objective=sigmoid", "loss.pseudo_positive_weight=0.1"],
+    "pcmepp-mixup": ["loss.objective=sigmoid", "loss.mixup=0.5"],
+    "vib-0": ["loss.kl_weight=0.0"],
+    "vib-1e-3": ["loss.kl_weight=0.001"],
+    "inclusion": ["loss.inclusion_weight=0.1"],
+    "margins-aperture": ["loss.entailment_margins=[0.0, 0.05, 0.1]", "loss.aperture_weight=0.5"],
+    "levels": ["loss.hierarchy_contrastive_weight=0.5"],
+}
+GEOMETRY_OPTIONS = {"point": ("base", "pcmepp", "levels"),
+                    "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-mixup", "vib-0", "vib-1e-3", "inclusion",
+                                "levels"),
+                    "cone": ("base", "pcmepp", "margins-aperture", "levels")}
+MODELS |= {f"{option}@{g}": [f"model.geometry={g}", *OPTIONS[option]]
+           for g, options in GEOMETRY_OPTIONS.items() for option in options}
 DATA_SECTIONS = ("data", "validate", "audio", "features", "shard")
 COLUMNS = ("mean_R@1", "mean_uncertainty_spearman", "hierarchy/containment_AUC", "hierarchy/level0/R@1",
            "hierarchy/level1/R@1", "cascade/mean_R@1")
+UNCERTAINTY_COLUMNS = ("mean_R@1", "mean_uncertainty_ambiguity_spearman", "mean_corrupted_auroc",
+                       "certain_to_uncertain_decile_R@1", "hierarchy/generality_spearman", "hierarchy/containment_AUC",
+                       "hierarchy/level0/R@1", "hierarchy/level1/R@1", "hierarchy/level2/R@1")
 
 
 def set_params(name: str, realsets: Path, extra: list[str], seed: int = 0):  # noqa: ANN201
@@ -140,11 +161,20 @@ def aggregate(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
 
-def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
-    lines = ["| set | model | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+def decile_ratio(metrics: dict[str, float]) -> dict[str, float]:
+    """The mean over directions of R@1 of the most certain decile over that of the least certain (issue 12's 1.5)."""
+    ratios = [metrics[k] / metrics[k.replace("most_certain", "least_certain")]
+              for k in metrics if k.endswith("/R@1_most_certain_decile")
+              and metrics.get(k.replace("most_certain", "least_certain"), 0) > 0]
+    return {"certain_to_uncertain_decile_R@1": sum(ratios) / len(ratios)} if ratios else {}
+
+
+def table(results: dict[str, dict[str, list[dict[str, float]]]], columns: tuple[str, ...] = COLUMNS) -> str:
+    lines = ["| set | model | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for name, models in results.items():
         for model, runs in models.items():
-            cells = [aggregate([r[c] for r in runs if c in r]) for c in COLUMNS]
+            runs = [r | decile_ratio(r) for r in runs]
+            cells = [aggregate([r[c] for r in runs if c in r]) for c in columns]
             lines.append(f"| {name} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -154,13 +184,15 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--models", nargs="+", default=["probe", "point", "mixture", "cone"],
                         help="configurations (probe, point, mixture, cone: params.yaml's recipe; <g>-old, "
-                             "<g>-anchored; suspect:<name>; 'suspects' for all of these)")
+                             "<g>-anchored; suspect:<name>, 'suspects' for all of these; <option>@<geometry>, "
+                             "'options' for all of these)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("data/bench"))
     parser.add_argument("--realsets", type=Path, default=Path("data/realsets"))
     parser.add_argument("--set", "-S", dest="overrides", action="append", default=[], help="params for every run")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=key=value,key=value",
                         help="another model configuration (base: params.yaml), usable in --models")
+    parser.add_argument("--uncertainty", action="store_true", help="the uncertainty and hierarchy columns (issue 12)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -173,6 +205,8 @@ def main() -> None:
         MODELS[name] = [kv for kv in rest.split(",") if kv]
     if args.models == ["suspects"]:
         args.models = ["probe", *(m for m in MODELS if m.startswith("suspect:"))]
+    if args.models == ["options"]:
+        args.models = [m for m in MODELS if "@" in m]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(MODELS)} (define more with --config)")
@@ -193,7 +227,7 @@ def main() -> None:
                 results.setdefault(name, {}).setdefault(model, []).append(metrics)
                 print(f"{name} {model} seed {seed}: mean R@1 {metrics.get('mean_R@1', float('nan')):.3f} "
                       f"({time.time() - t0:.0f} s)", flush=True)
-    text = table(results)
+    text = table(results, UNCERTAINTY_COLUMNS if args.uncertainty else COLUMNS)
     print(text)
     machine = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\n{time.time() - started:.0f} s on {machine}, torch threads 1; overrides: {args.overrides}")
