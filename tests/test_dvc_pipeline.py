@@ -222,7 +222,7 @@ def _check_plots_render_offline(repo: Path) -> None:
     assert not re.search(r"<script[^>]*\bsrc=", page), "a script is loaded from elsewhere"
     assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and 'var e="5.20.2"' in page
     specs = [json.loads(m) for m in re.findall(r"var spec = (\{.*?\});\n", page, flags=re.S)]
-    recall = [s for s in specs if s["encoding"]["x"]["field"] == "k"]
+    recall = [s for s in specs if s.get("encoding", {}).get("x", {}).get("field") == "k"]
     assert len(recall) == 1 and recall[0]["encoding"]["color"]["field"] == "direction"
     assert {row["direction"] for row in recall[0]["data"]["values"]} == {
         "image_to_text", "text_to_image", "audio_to_text", "text_to_audio"}

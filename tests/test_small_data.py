@@ -99,7 +99,7 @@ def test_a_manifest_without_val_rows_gets_one_from_train_groups():
 def test_full_batch_early_stopping_keeps_the_best_validated_weights(tiny_trained):
     _params, root = tiny_trained
     raw = tiny_trained_raw(root, geometry="point", run_name="small", epochs=200, val_every=1, patience=3,
-                           checkpoint_every=1000)
+                           checkpoint_every=1000, select="best")
     raw["loader"]["batch_size"] = 0
     raw["model"]["trunk"] = "linear"
     params = params_from_dict(raw)
