@@ -16,6 +16,7 @@ from multigeometry.config import Params
 
 # file names inside the stages' folders
 MANIFEST = "manifest.parquet"  # data/raw/<dataset>/ and data/validated/<dataset>/
+PREPARE_STAMP = "prepare.json"  # data/raw/<dataset>/: what was prepared, from which params (no timings: an output)
 QUARANTINE = "quarantine.parquet"
 VALIDATION_REPORT = "report.json"
 DATA_DOCS = "data_docs"  # GX's HTML: not an output (it embeds GX's run times; README, "Validation")

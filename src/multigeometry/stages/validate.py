@@ -64,7 +64,7 @@ def validate(params: Params, root: Path = Path(".")) -> Path:
             "passed_per_split": _counts(passed["split"]),
             "quarantined_per_split": _counts(quarantined["split"]),
             "expectations": expectations,
-            "raw_dir": str(source),
+            "raw_dir": raw_dir(params).as_posix(),  # relative to the project root: the same in any checkout
         }
         write_json_atomic(staging / REPORT, report)
     write_json_atomic(data_report_path(params, root), {k: report[k] for k in COUNTS})
