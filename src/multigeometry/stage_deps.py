@@ -37,7 +37,7 @@ class StageDepsError(ValueError):
 
 
 def stage_names(package_dir: Path = PACKAGE_DIR) -> list[str]:
-    """The stages: the modules of `multigeometry.stages`, in no particular order (sorted by name)."""
+    """The stages: the modules of `multigeometry.stages`, sorted by name."""
     prefix = f"{STAGES_PACKAGE}."
     return [m[len(prefix):] for m in package_modules(package_dir) if m.startswith(prefix) and "." not in
             m[len(prefix):]]
@@ -71,7 +71,7 @@ def code_deps(stage: str, project: Path, package_dir: Path = PACKAGE_DIR) -> lis
         if folder != package_dir and not any(folder.is_relative_to(w) for w in whole) and \
                 _all_modules_of(folder) <= files:
             whole.append(folder)
-    entries = [w for w in whole] + [f for f in files if not any(f.is_relative_to(w) for w in whole)]
+    entries = whole + [f for f in files if not any(f.is_relative_to(w) for w in whole)]
     return sorted(p.relative_to(project).as_posix() for p in entries)
 
 
@@ -84,7 +84,8 @@ def _is_code(entry: str, prefix: str) -> bool:
     return entry == prefix or entry.startswith(prefix + "/")
 
 
-def _dep_entries(dep: object) -> str:
+def _dep_path(dep: object) -> str:
+    """The path of a `deps` entry, written as `- path` or `- path: {options}`."""
     return next(iter(dep)) if isinstance(dep, dict) else str(dep)
 
 
@@ -92,7 +93,7 @@ def declared_deps(dvc_yaml: Path) -> dict[str, list[str]]:
     """Each stage's `deps` in dvc.yaml, as written (templates unfilled)."""
     try:
         stages = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8"))["stages"]
-        return {name: [_dep_entries(d) for d in (stage.get("deps") or [])] for name, stage in stages.items()}
+        return {name: [_dep_path(d) for d in (stage.get("deps") or [])] for name, stage in stages.items()}
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
         raise StageDepsError(f"{dvc_yaml}: cannot read its stages ({type(e).__name__}: {e})") from e
 
@@ -186,7 +187,7 @@ def write(dvc_yaml: Path, package_dir: Path = PACKAGE_DIR) -> bool:
     wanted = {stage: code_deps(stage, project, package_dir) for stage in stage_names(package_dir)}
     before = dvc_yaml.read_text(encoding="utf-8")
     after = rewrite(before, wanted, prefix, str(dvc_yaml))
-    data = {name: [d for d in stage.get("deps") or [] if not _is_code(_dep_entries(d), prefix)]
+    data = {name: [d for d in stage.get("deps") or [] if not _is_code(_dep_path(d), prefix)]
             for name, stage in yaml.safe_load(before)["stages"].items()}
     parsed = yaml.safe_load(after)["stages"]
     for name, kept in data.items():  # the rewrite kept every other entry and wrote exactly the computed ones
