@@ -49,8 +49,8 @@ def _fake_package(tmp_path: Path) -> Path:
     """A project with a small `multigeometry` package: stage `a` imports `util` lazily, `lib` (whole) and, only for
     the type checker, `heavy`; stage `b` imports one module of `lib`, relatively."""
     files = {
-        "__init__.py": "",
-        "stages/__init__.py": "",
+        "__init__.py": "VERSION = 1\n",
+        "stages/__init__.py": "",  # empty: runs nothing, so no dep (DVC warns about empty deps)
         "stages/a.py": ("from typing import TYPE_CHECKING\nfrom multigeometry.lib import one, two\n"
                         "if TYPE_CHECKING:\n    from multigeometry import heavy\n"
                         "def a():\n    from multigeometry.util import helper\n"),
@@ -88,8 +88,8 @@ def test_closure_counts_lazy_and_relative_imports_not_type_checking_ones(tmp_pat
 def test_code_deps_list_whole_folders_only_when_every_module_is_imported(tmp_path):
     package = _fake_package(tmp_path)
     assert stage_deps.code_deps("a", tmp_path, package) == [
-        "src/multigeometry/__init__.py", "src/multigeometry/lib", "src/multigeometry/stages/__init__.py",
-        "src/multigeometry/stages/a.py", "src/multigeometry/util.py"]
+        "src/multigeometry/__init__.py", "src/multigeometry/lib", "src/multigeometry/stages/a.py",
+        "src/multigeometry/util.py"]
     assert "src/multigeometry/lib/one.py" in stage_deps.code_deps("b", tmp_path, package)
 
 

@@ -71,7 +71,8 @@ def code_deps(stage: str, project: Path, package_dir: Path = PACKAGE_DIR) -> lis
         if folder != package_dir and not any(folder.is_relative_to(w) for w in whole) and \
                 _all_modules_of(folder) <= files:
             whole.append(folder)
-    entries = whole + [f for f in files if not any(f.is_relative_to(w) for w in whole)]
+    # an empty module (a bare `__init__.py`) runs nothing, and DVC warns about every empty dep it hashes
+    entries = whole + [f for f in files if not any(f.is_relative_to(w) for w in whole) and f.stat().st_size > 0]
     return sorted(p.relative_to(project).as_posix() for p in entries)
 
 
@@ -126,7 +127,7 @@ def check(dvc_yaml: Path, package_dir: Path = PACKAGE_DIR) -> list[StageReport]:
     for stage in stages:
         code = [d for d in declared[stage] if _is_code(d, prefix)]
         files = _files(stage_modules(stage, package_dir), package_dir)
-        rel = sorted(f.resolve().relative_to(project).as_posix() for f in files)
+        rel = sorted(f.resolve().relative_to(project).as_posix() for f in files if f.stat().st_size > 0)
         uncovered = [f for f in rel if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in code)]
         reports.append(StageReport(stage, sorted(code), code_deps(stage, project, package_dir), uncovered))
     return reports
