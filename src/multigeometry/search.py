@@ -175,7 +175,7 @@ def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: in
     percentile among the index's items of its modality."""
     from multigeometry.calibration import match_probability
     from multigeometry.evaluation.retrieval import blockwise_topk
-    from multigeometry.evaluation.uncertainty import query_uncertainty
+    from multigeometry.geometry.distribution import uncertainty as query_uncertainty
 
     if query.batch_size != 1:
         raise ValueError(f"search: one query at a time, got {query.batch_size}")

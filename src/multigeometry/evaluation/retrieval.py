@@ -20,10 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.geometry.distribution import Distribution, device_of
 
-Distribution = MixtureParams | ConeParams
 ScoreBlock = Callable[[int, int], Tensor]  # (i0, i1) -> scores of queries i0:i1 against all items, (i1 - i0, N)
 
 
@@ -166,7 +164,3 @@ def blockwise_topk(
     if not values:
         return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
     return torch.cat(values), torch.cat(indices)
-
-
-def device_of(dist: Distribution) -> torch.device:
-    return dist.direction.device if isinstance(dist, ConeParams) else dist.mu.device

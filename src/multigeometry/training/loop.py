@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from multigeometry.config import Params
-from multigeometry.data.collate import load_tokenizer
+from multigeometry.data.collate import load_tokenizer, to_device
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import read_index
@@ -56,7 +56,7 @@ from multigeometry.training.checkpoint import (
 from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.optim import make_optimizer, make_scheduler
 from multigeometry.training.tracking import Tracker, default_tracking_uri, system_info
-from multigeometry.training.validation import to_device, validate_model
+from multigeometry.training.validation import validate_model
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from multigeometry.training.objective import TrainModule, concat
+from multigeometry.data.collate import to_device
+from multigeometry.geometry.distribution import concat
+from multigeometry.training.objective import TrainModule
 
 
 def recall_at_1(similarity: Tensor, query_groups: Tensor, item_groups: Tensor) -> float:
@@ -47,14 +49,3 @@ def validate_model(module: TrainModule, batches: Iterable[dict[str, Any]], devic
     if recalls:
         metrics["val/mean_R@1"] = sum(recalls) / len(recalls)
     return metrics
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    def move(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    return move(batch)
