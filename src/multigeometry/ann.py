@@ -128,9 +128,13 @@ class ApproximateIndex:
 
 
 def approximate_topk(queries: Distribution, items: Distribution, similarity: Similarity, index: ApproximateIndex,
-                     k: int, candidates: int, nprobe: int, block_size: int = 256) -> tuple[Tensor, Tensor]:
+                     k: int, candidates: int, nprobe: int, block_size: int = 16) -> tuple[Tensor, Tensor]:
     """The k best items of every query among its approximate candidates, scored exactly by `similarity`:
-    (scores, indices), each (Q, k), best first; a query with fewer than k candidates is padded with −inf / −1."""
+    (scores, indices), each (Q, k), best first; a query with fewer than k candidates is padded with −inf / −1.
+
+    The `block_size` queries of a block are scored against the union of their candidates (one similarity call), so
+    small blocks waste little: 16 ran 2.5x faster than 256 and 2x faster than one query a call (bench_retrieval.py).
+    """
     if index.n_items != items.batch_size:
         raise ValueError(f"the approximate index was built over {index.n_items} items, got {items.batch_size}")
     values, indices = [], []

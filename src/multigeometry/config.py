@@ -493,7 +493,8 @@ class RegistryConfig:
     ann_threshold: int = bounded(100000, min=0)
     ann_nlist: int = bounded(0, min=0)  # lists of the IVF index (0: about 4 x sqrt(rows))
     ann_nprobe: int = bounded(32, min=1)  # lists scanned per query component
-    ann_candidates: int = bounded(64, min=1)  # rows taken per query component, re-ranked exactly
+    # rows taken per query component, re-ranked exactly (K=2 mixtures at 1M: recall@10 0.87 at 128, 0.98 at 256)
+    ann_candidates: int = bounded(256, min=1)
     ann_train_per_list: int = bounded(64, min=39)  # k-means training rows per list
 
     def __post_init__(self) -> None:
