@@ -120,10 +120,11 @@ def cone_similarity(a: ConeParams, b: ConeParams) -> Tensor:
     smooth everywhere (unlike angles at 0), a positive-definite kernel, and CLIP's cosine when apertures agree;
     as in CLIP it is meant to be scaled by the learnable logit scale.
     """
-    return _lift(a) @ _lift(b).T
+    return lift(a) @ lift(b).T
 
 
-def _lift(c: ConeParams) -> Tensor:
+def lift(c: ConeParams) -> Tensor:
+    """The unit vectors [cos θ · μ, sin θ · μ] (..., 2D) whose inner products are `cone_similarity`."""
     return torch.cat([c.direction * c.theta.cos()[..., None], c.direction * c.theta.sin()[..., None]], dim=-1)
 
 
