@@ -85,7 +85,7 @@ def weights_sha256(model_path: Path) -> str:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest.update(repr(float(state["logit_scale"])).encode())
+    digest.update(repr(float(torch.as_tensor(state["logit_scale"]).detach())).encode())
     return digest.hexdigest()
 
 
