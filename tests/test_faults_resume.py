@@ -18,9 +18,9 @@ import yaml
 
 from multigeometry.config import params_from_dict
 from multigeometry.paths import models_dir, shards_dir
+from multigeometry.tracking import RUN_DIR_TAG
 from multigeometry.training.checkpoint import ResumeError, list_checkpoints, load_checkpoint
 from multigeometry.training.loop import read_train_metrics, train_model
-from multigeometry.training.tracking import RUN_DIR_TAG
 from tests.conftest import tiny_trained_raw
 
 pytestmark = pytest.mark.slow
@@ -140,7 +140,7 @@ def test_an_abandoned_running_run_is_ended_as_killed(project):
     out = models_dir(params, root)
     import mlflow
 
-    from multigeometry.training.tracking import ensure_experiment, ensure_store
+    from multigeometry.tracking import ensure_experiment, ensure_store
 
     uri = params.train.tracking_uri
     client = _client(uri)

@@ -14,7 +14,7 @@ import yaml
 
 from multigeometry import paths, stage_deps
 from multigeometry.cli import STAGES
-from multigeometry.import_graph import closure, imports_of
+from multigeometry.import_graph import closure, imports_of, package_modules
 from tests.conftest import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +173,16 @@ def test_paths_fill_templates_from_params_and_name_unknown_keys(tmp_path):
     assert paths.data_report_path(params) == Path("metrics/data/world.json")
     with pytest.raises(paths.UnknownParamError, match=r"data/\$\{data.nope\}: \$\{data.nope\} names no param"):
         paths.fill("data/${data.nope}", params)
+
+
+def test_evaluation_registry_and_serving_do_not_import_training():
+    """Dependencies point one way (DESIGN.md): what evaluation, the registry and serving share with training lives
+    in geometry/, models/, data/ or tracking.py. (inference.py and ann.py still build the similarity through the
+    loss's MainCriterion; evaluation/ and registry/ reach the loss only through inference.py.)"""
+    serving = ("multigeometry.evaluation", "multigeometry.registry", "multigeometry.inference", "multigeometry.search",
+               "multigeometry.ann")
+    found = {m: [e.target for e in imports_of(m) if e.target.startswith("multigeometry.training")
+                 or (e.target == "multigeometry.losses" and m.startswith(serving[:2]))]
+             for m in package_modules() if m.startswith(serving)}
+    assert {m: t for m, t in found.items() if t} == {}
+    assert "multigeometry.evaluation.suite" in found and "multigeometry.registry.register" in found

@@ -33,7 +33,7 @@ TAG_PREFIX = "multigeometry."
 
 def tracking_uri(params: Params, root: Path) -> str:
     """`registry.tracking_uri`, or the train stage's default: the SQLite store in the project root."""
-    from multigeometry.training.tracking import default_tracking_uri
+    from multigeometry.tracking import default_tracking_uri
 
     return params.registry.tracking_uri or default_tracking_uri(root)
 
@@ -43,7 +43,7 @@ def connect(uri: str) -> Any:
     import mlflow
     from mlflow import MlflowClient
 
-    from multigeometry.training.tracking import ensure_store
+    from multigeometry.tracking import ensure_store
 
     ensure_store(uri)  # a fresh SQLite store gets its schema once, under a lock
     mlflow.set_tracking_uri(uri)
@@ -263,7 +263,7 @@ def _lineage_run(params: Params, uri: str, identity: dict[str, str], model_path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from multigeometry.training.tracking import ensure_experiment, flatten
+    from multigeometry.tracking import ensure_experiment, flatten
 
     run_id = identity["train_run_id"]
     if run_id:

@@ -141,7 +141,7 @@ def load_resume(resume: str, folder: Path) -> tuple[Path, dict[str, Any]] | None
 def changed_params(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The train stage's params whose value differs between a checkpoint's and the current ones (dotted key ->
     (saved, current)), leaving out `RESUMABLE_KEYS`."""
-    from multigeometry.training.tracking import flatten
+    from multigeometry.tracking import flatten
 
     old, new = flatten(saved), flatten(current)
     changed = {}

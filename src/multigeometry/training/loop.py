@@ -44,6 +44,7 @@ from multigeometry.paths import (
     run_reports_dir,
     shards_dir,
 )
+from multigeometry.tracking import Tracker, default_tracking_uri, system_info
 from multigeometry.training.checkpoint import (
     check_resumable,
     clear_checkpoints,
@@ -55,7 +56,6 @@ from multigeometry.training.checkpoint import (
 )
 from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.optim import make_optimizer, make_scheduler
-from multigeometry.training.tracking import Tracker, default_tracking_uri, system_info
 from multigeometry.training.validation import validate_model
 
 log = logging.getLogger(__name__)

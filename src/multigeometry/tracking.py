@@ -1,4 +1,5 @@
-"""MLflow tracking for a training run, on rank 0 only; other ranks get a tracker that does nothing.
+"""MLflow tracking (training runs on rank 0 only, other ranks get a tracker that does nothing) and the store helpers
+the registry shares.
 
 A SQLite store's schema is created once, under a file lock, before anything uses it (two processes migrating a fresh
 database at once fail). A resumed run continues the MLflow run its checkpoint names, and runs of the same training
