@@ -149,13 +149,11 @@ def test_clips_above_the_size_limit_or_in_other_containers_are_re_encoded(tmp_pa
     assert name == "video.mp4" and data[4:8] == b"ftyp"
 
 
-def test_video_features_need_an_image_model_and_pairs_need_an_encoder():
+def test_video_features_need_an_image_model():
     from multigeometry.config import AudioConfig, FeatureModelConfig
     from multigeometry.data.features import FeatureModelError, load_extractor
 
     with pytest.raises(FeatureModelError, match=r"features\.video\.model='all-minilm-l6-v2'.*image model"):
         load_extractor("video", FeatureModelConfig(model="all-minilm-l6-v2"), AudioConfig())
-    with pytest.raises(ParamsError, match=r"pairs\.pairs: \(video, text\): no encoder reads video yet"):
-        params_from_dict({"pairs": {"pairs": [{"a": "video", "b": "text"}]}})
     with pytest.raises(ParamsError, match=r"video\.num_frames \(8\) cannot exceed video\.feature_frames \(4\)"):
         VideoConfig(feature_frames=4, num_frames=8)

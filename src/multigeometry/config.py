@@ -311,9 +311,6 @@ class PairSpec:
     def __post_init__(self) -> None:
         if self.a == self.b:
             raise ParamsError(f"pairs.pairs: a pair needs two different modalities, got {self.a!r} twice")
-        if "video" in (self.a, self.b):
-            raise ParamsError(f"pairs.pairs: ({self.a}, {self.b}): no encoder reads video yet; the shards store the "
-                              "clips and their frame features (video.emb) but no pair can be trained on them")
 
 
 @dataclass(frozen=True)
@@ -386,6 +383,26 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class VideoEncoderConfig(EncoderConfig):
+    """The video encoder: a clip's frame features (video.emb, video.num_frames x dim) pooled over time by `temporal`
+    (CLIP4Clip's meanP or seqTransf), then the trunk and head as for the other modalities' features."""
+
+    # meanP: the mean of the frames (a bag of frames) | seqTransf: a small transformer with positions over them
+    temporal: Literal["meanP", "seqTransf"] = "seqTransf"
+    temporal_layers: int = bounded(1, min=1, max=12)  # seqTransf: transformer layers
+    temporal_heads: int = bounded(4, min=1, max=32)  # seqTransf: attention heads (they divide temporal_width)
+    temporal_width: int = bounded(128, min=4)  # seqTransf: its width; the frames are projected down, then back up
+
+    def __post_init__(self) -> None:
+        if self.temporal_width % self.temporal_heads:
+            raise ParamsError(f"model.video.temporal_heads ({self.temporal_heads}) must divide "
+                              f"model.video.temporal_width ({self.temporal_width})")
+        if self.input != "emb":
+            raise ParamsError("model.video.input: raw: no raw-frame backbone yet; the video encoder reads the shards' "
+                              "frame features (input: emb, with features.video.model set)")
+
+
+@dataclass(frozen=True)
 class ComposerConfig:
     """The compositional layer: a permutation-invariant network that maps the distributions of a compound's parts
     ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
@@ -409,6 +426,7 @@ class ModelConfig:
     audio: EncoderConfig = field(default_factory=EncoderConfig)  # the audio encoder
     # the code encoder: starts from the text model's space, which embeds the code too
     code: EncoderConfig = field(default_factory=lambda: EncoderConfig(init="identity"))
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)  # the video encoder
     n_components: int = bounded(2, min=1, max=64)  # mixture components K
     logvar_min: float = -12.0  # smallest per-dimension log-variance of a mixture component
     logvar_max: float = -3.0  # largest; the CSD sums variances over embed_dim: small beside squared distances (<= 4)

@@ -72,7 +72,7 @@ def mix_features(batch: dict[str, Any], modalities: list[str], share: float,
     out = dict(batch)
     for m in mixed_modalities:
         x = batch[f"{m}.emb"]
-        w = lam.to(x.device, x.dtype)[:, None]
+        w = lam.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, D) features, or a clip's (B, T, D)
         out[f"{m}.emb"] = w * x + (1 - w) * x[partner.to(x.device)]
     return out, (lam.to(device), partner.to(device))
 
