@@ -117,3 +117,50 @@ def test_a_video_text_pair_collates_and_trains(temporal):
     trained = [*model.heads["video"].parameters(), *model.encoders["video"].temporal.parameters()]
     assert torch.isfinite(loss) and all(p.grad is not None for p in trained if p.requires_grad)
     assert (temporal == "seqTransf") == any(True for _ in model.encoders["video"].temporal.parameters())
+
+
+def test_the_temporal_check_matches_brute_force():
+    from multigeometry.evaluation.temporal import TemporalSet, shuffled_order, temporal_metrics
+
+    gen = torch.Generator().manual_seed(3)
+    n, dim = 7, 5
+    captions, forward, backward, shuffled = (torch.randn(n, dim, generator=gen) for _ in range(4))
+    backward[2] = forward[2]  # a tie: half a hit
+    owner = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 6])
+    contrasts = torch.randn(len(owner), dim, generator=gen)
+    t = TemporalSet(captions, forward, backward, shuffled, contrasts, owner)
+
+    def sim(a, b):
+        return a @ b.T
+
+    def brute() -> tuple[float, float]:
+        t2v, v2t = [], []
+        for i in range(n):
+            own = float(captions[i] @ forward[i])
+            others = [float(captions[i] @ backward[i]), float(captions[i] @ shuffled[i])]
+            t2v.append(0.0 if max(others) > own else 1.0 / (1 + sum(o == own for o in others)))
+            texts = [float(contrasts[j] @ forward[i]) for j in range(len(owner)) if owner[j] == i]
+            v2t.append(0.0 if max(texts) > own else 1.0 / (1 + sum(o == own for o in texts)))
+        return sum(t2v) / n, sum(v2t) / n
+
+    metrics = temporal_metrics(t, sim)
+    t2v, v2t = brute()
+    assert metrics["text_to_video/temporal_R@1"] == pytest.approx(t2v)
+    assert metrics["video_to_text/temporal_R@1"] == pytest.approx(v2t)
+    assert metrics["video/temporal_R@1"] == pytest.approx((t2v + v2t) / 2)
+    order = shuffled_order(4)
+    assert sorted(order.tolist()) == [0, 1, 2, 3] and order.tolist() not in ([0, 1, 2, 3], [3, 2, 1, 0])
+    assert shuffled_order(2) is None
+
+
+def test_a_bag_of_frames_sits_at_chance_on_the_clip_side_of_the_temporal_check():
+    from multigeometry.evaluation.temporal import TemporalSet, temporal_metrics
+
+    torch.manual_seed(0)
+    frames = torch.randn(6, T, D)
+    pool = make_temporal("meanP", D)
+    order = torch.tensor([2, 0, 3, 1])
+    clips = [pool(frames), pool(frames.flip(1)), pool(frames[:, order])]
+    t = TemporalSet(torch.randn(6, D), *clips, torch.randn(6, D), torch.arange(6))
+    metrics = temporal_metrics(t, lambda a, b: a @ b.T)
+    assert metrics["text_to_video/temporal_R@1"] == pytest.approx(1 / 3)

@@ -53,3 +53,6 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "video_to_text" in flat and "text_to_video" in flat and "R@1" in flat, flat[:2000]
+    # the temporal check: rows whose motion has an opposite, against their clip reversed and shuffled
+    assert 0.0 <= metrics["video/temporal_R@1"] <= 1.0
+    assert {"text_to_video/temporal_R@1", "video_to_text/temporal_R@1"} <= set(metrics)

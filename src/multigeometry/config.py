@@ -530,6 +530,9 @@ class EvalConfig:
     uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
     hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
     composition: bool = True  # R@1 of compose(parts) -> items beside the compound's caption, where rows have parts
+    # video/temporal_R@1: a caption against its clip played backwards and shuffled, a clip against its caption's
+    # opposite-motion contrasts (rows with a clip, a caption and temporal contrasts; evaluation/temporal.py)
+    temporal: bool = True
     # speech cascade baseline for audio-text pairs: an ASR model ("" = off) whose transcripts features.text embeds
     cascade: str = ""
     grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)

@@ -100,6 +100,7 @@ def to_example(
         "parts": meta.get("parts", []),
         "compound_level": meta.get("compound_level", -1),
         "ambiguity": meta.get("ambiguity", {}),
+        "temporal_contrasts": meta.get("temporal_contrasts", []),
     }
     if "video.emb" in decoded:
         sampler = video if video is not None else VideoSampler(VideoConfig())

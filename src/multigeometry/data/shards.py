@@ -231,16 +231,16 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
         for i, vector in zip(owners, features, strict=True):
             samples[i][f"{modality}.emb.npy"] = npy_bytes(np.asarray(vector, dtype=np.float32))
 
-    # the hierarchy's descriptions and the compound's parts are text too: with text features, each row also stores
-    # theirs ((L, D) and (P, D)), so that the entailment and composition terms and their metrics can embed them
-    # without the text model
+    # the hierarchy's descriptions, the compound's parts and the temporal contrasts are text too: with text features,
+    # each row also stores theirs ((L, D), (P, D), (C, D)), so that the entailment and composition terms and their
+    # metrics, and the temporal check, can embed them without the text model
     if "text" in models.modalities:
         for column in TEXT_LIST_COLUMNS:
             _text_list_features(samples, rows, column, models)
     return samples
 
 
-TEXT_LIST_COLUMNS = ("hierarchy", "parts")
+TEXT_LIST_COLUMNS = ("hierarchy", "parts", "temporal_contrasts")
 
 
 def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Params, inputs: dict[str, list]) -> None:
