@@ -49,6 +49,7 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     for stage in (prepare, validate, shard, train):
         stage(params, tmp_path)
     assert (models_dir(params, tmp_path) / "model.pt").is_file()
+    _embeds_a_clip_given_as_a_path_or_bytes(params, tmp_path)
     out = evaluate(params, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     flat = json.dumps(metrics)
@@ -56,3 +57,31 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     # the temporal check: rows whose motion has an opposite, against their clip reversed and shuffled
     assert 0.0 <= metrics["video/temporal_R@1"] <= 1.0
     assert {"text_to_video/temporal_R@1", "video_to_text/temporal_R@1"} <= set(metrics)
+
+
+def _embeds_a_clip_given_as_a_path_or_bytes(params, root: Path) -> None:
+    from multigeometry.inference import load_trained
+    from multigeometry.paths import raw_dir
+    from multigeometry.registry.inputs import RawEmbedder
+    from multigeometry.registry.tools import one_record
+
+    trained = load_trained(models_dir(params, root) / "model.pt")
+    clip = sorted((raw_dir(params, root) / "video").glob("*.mp4"))[0]
+    record = one_record(video=str(clip))
+    assert record == {"video": str(clip.resolve())}
+    embedded = RawEmbedder(trained).embed([record, {"video": clip.read_bytes()}, {"text": "a shape moving left"}])
+    assert embedded.rows == {"video": [0, 1], "text": [2]}
+    video = embedded.dists["video"]  # the default geometry: mixtures
+    assert video.mu.shape[0] == 2
+    torch.testing.assert_close(video.mu[0], video.mu[1])  # the same clip, as a path or as bytes
+    torch.testing.assert_close(video.logits[0], video.logits[1])
+
+
+def test_embed_takes_a_video_file(tmp_path, capsys, monkeypatch):
+    from multigeometry.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    assert main(["embed", "--model", "models:/none@champion", "--video", "nowhere.mp4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--video nowhere.mp4: no such file" in err and "Traceback" not in err
