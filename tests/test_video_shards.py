@@ -157,3 +157,14 @@ def test_video_features_need_an_image_model():
         load_extractor("video", FeatureModelConfig(model="all-minilm-l6-v2"), AudioConfig())
     with pytest.raises(ParamsError, match=r"video\.num_frames \(8\) cannot exceed video\.feature_frames \(4\)"):
         VideoConfig(feature_frames=4, num_frames=8)
+
+
+def test_decoding_gives_the_same_frames_for_any_number_of_threads(tmp_path):
+    data = _clip(7, frames=12)
+    frames = {threads: read_frames(data, threads=threads, **LIMITS)[0] for threads in (0, 1, 3)}
+    assert frames[1].shape == (12, 32, 32, 3)
+    np.testing.assert_array_equal(frames[0], frames[1])
+    np.testing.assert_array_equal(frames[3], frames[1])
+    picked, info = read_frames(data, 4, threads=2, **LIMITS)
+    np.testing.assert_array_equal(picked, frames[1][segment_indices(12, 4)])
+    assert info.packets == 12
