@@ -139,3 +139,21 @@ def test_the_spoken_caption_can_be_the_clips_soundtrack(tmp_path):
         wave = load_audio(first / row.audio, AudioConfig())
         assert wave.ndim == 1 and 0.5 < wave.size / 16000 <= AudioConfig().max_seconds
         assert np.sqrt(np.mean(wave**2)) > 1e-3  # speech, not silence
+
+
+def test_corrupted_items_have_corrupted_clips_recorded_in_the_ambiguity_column(tmp_path, clips):
+    import json
+
+    from multigeometry.config import AmbiguityConfig
+
+    _root, clean_rows = clips
+    cfg = WorldConfig(**TINY | {"ambiguity": AmbiguityConfig(clean_fraction=0.0)})
+    rows = world_rows(tmp_path, cfg, seed=3)
+    for row, clean in zip(rows, clean_rows, strict=True):
+        ambiguity = json.loads(row.ambiguity)
+        assert 0.0 < ambiguity["video"]["severity"] <= 1.0
+        assert {"occlusion", "noise", "blur", "downscale"} & set(ambiguity["video"]), ambiguity["video"]
+        frames, _info = read_frames(tmp_path / row.video)
+        clean_frames, _info = read_frames(_root / clean.video)
+        assert frames.shape == clean_frames.shape and not np.array_equal(frames, clean_frames)
+    assert all(json.loads(r.ambiguity)["video"] == {"severity": 0.0} for r in clean_rows)

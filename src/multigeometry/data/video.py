@@ -36,7 +36,6 @@ ENCODINGS: dict[str, tuple[str, str, dict[str, str]]] = {
                                     "lag-in-frames": "0"}),
 }
 AUDIO_ENCODERS = {"mp4": "aac", "webm": "libopus"}
-VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "m4v", "avi")
 KEPT_AS_ENCODED = ("mp4", "webm")  # stored in the shards as they come (below shard.max_video_side)
 BITEXACT = {"fflags": "+bitexact"}  # no library version strings, deterministic Matroska UIDs
 
@@ -172,10 +171,6 @@ def _decode(source: Path | bytes, keep: set[int], max_frames: int, threads: int,
     if decoded == 0:
         raise MediaError(name, "video_no_frames", "the video stream decodes to no frame")
     return frames, decoded
-
-
-def _as_bytes(source: Path | bytes) -> bytes:
-    return bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
 
 
 def read_audio_track(source: Path | bytes, name: object = None) -> tuple[np.ndarray, int]:
