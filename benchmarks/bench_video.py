@@ -114,11 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         "mp4_bytes_per_clip": int(statistics.mean(len(c) for c in clips)),
         "python": platform.python_version(), "machine": platform.machine(), "results": results,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    emit(report, args.out)
     return 0
+
+
+def emit(report: dict, out: Path | None) -> None:
+    """The report as JSON on standard output, and in `out` when given."""
+    text = json.dumps(report, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":
