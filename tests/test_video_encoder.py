@@ -11,8 +11,8 @@ from multigeometry.data.collate import Collator
 from multigeometry.losses import MainCriterion
 from multigeometry.models.encoders import VideoEncoder, build_encoder
 from multigeometry.models.pair_model import PairModel
-from multigeometry.models.temporal import MeanPool, SeqTransf, make_temporal
-from multigeometry.training.objective import TrainModule
+from multigeometry.models.temporal import MeanPool, SeqTransf, make_temporal, shuffled_order
+from multigeometry.training.objective import TrainModule, select_rows
 
 T, D = 4, 8
 
@@ -120,7 +120,7 @@ def test_a_video_text_pair_collates_and_trains(temporal):
 
 
 def test_the_temporal_check_matches_brute_force():
-    from multigeometry.evaluation.temporal import TemporalSet, shuffled_order, temporal_metrics
+    from multigeometry.evaluation.temporal import TemporalSet, temporal_metrics
 
     gen = torch.Generator().manual_seed(3)
     n, dim = 7, 5
@@ -164,3 +164,57 @@ def test_a_bag_of_frames_sits_at_chance_on_the_clip_side_of_the_temporal_check()
     t = TemporalSet(torch.randn(6, D), *clips, torch.randn(6, D), torch.arange(6))
     metrics = temporal_metrics(t, lambda a, b: a @ b.T)
     assert metrics["text_to_video/temporal_R@1"] == pytest.approx(1 / 3)
+
+
+def _temporal_batch(params):
+    gen = torch.Generator().manual_seed(4)
+    examples = _examples(5)
+    for i, e in enumerate(examples):
+        n = (1, 2, 0, 1, 1)[i]  # row 2 has no contrast (a spinning or still clip): not checked
+        e["temporal_contrasts"] = [f"row {i} contrast {j}" for j in range(n)]
+        if n:
+            e["temporal_contrasts.emb"] = torch.randn(n, 10, generator=gen)
+    examples[3].pop("video.emb")  # no clip: not checked
+    return Collator(params.pairs, LoaderConfig(tokenizer=""))(examples)
+
+
+def test_the_temporal_term_matches_brute_force_and_trains_the_order():
+    from multigeometry.training.temporal_term import temporal_term
+
+    params = params_from_dict({
+        "pairs": {"pairs": [{"a": "video", "b": "text"}]},
+        "model": {"embed_dim": 6, "n_components": 2, "video": {"hidden_dim": 16, "layers": 1, "temporal_width": 8,
+                                                               "temporal_heads": 2},
+                  "text": {"hidden_dim": 16, "layers": 1, "init": "random"}},
+    })
+    batch = _temporal_batch(params)
+    torch.manual_seed(0)
+    model = PairModel(params.model, ["video", "text"], feature_dims={"video": D, "text": 10})
+    criterion = MainCriterion(params.loss, params.model)
+    term = temporal_term(model, criterion, batch)
+
+    scale = float(criterion.logit_scale().detach())
+    texts = model.encode(batch, "text")
+    contrasts = model.encode_texts(batch, "temporal_contrasts")
+    frames = batch["video.emb"]
+    order = shuffled_order(T)
+    clips = [model.encode({"video.emb": x}, "video") for x in (frames, frames.flip(1), frames[:, order])]
+    owner = batch["temporal_contrasts_owner"].tolist()
+    losses_t2v, losses_v2t = [], []
+    for row in (0, 1, 4):
+        def sim(a, ai, b, bi):
+            return criterion.similarity(select_rows(a, torch.tensor([ai])), select_rows(b, torch.tensor([bi])))[0, 0]
+
+        own = [sim(texts, row, c, row) for c in clips]
+        losses_t2v.append(-torch.log_softmax(scale * torch.stack(own), 0)[0])
+        against = [sim(contrasts, j, clips[0], row) for j, o in enumerate(owner) if o == row]
+        losses_v2t.append(-torch.log_softmax(scale * torch.stack([own[0], *against]), 0)[0])
+    brute = (torch.stack(losses_t2v).mean() + torch.stack(losses_v2t).mean()) / 2
+    torch.testing.assert_close(term, brute, rtol=1e-4, atol=1e-5)
+
+    module = TrainModule(model, criterion)
+    out = module(batch)
+    assert float(out["temporal"]) == pytest.approx(float(term), rel=1e-4)
+    out["loss"].backward()
+    seq = model.encoders["video"].temporal
+    assert seq.up.weight.grad is not None and float(seq.up.weight.grad.abs().sum()) > 0  # the order is trained

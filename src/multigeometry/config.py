@@ -477,6 +477,9 @@ class LossConfig:
     aperture_gap: float = bounded(0.05, min=0.0)  # radians between a level's aperture and the next's
     # every geometry: InfoNCE of the items against each hierarchy level's descriptions, so middle levels are learned
     hierarchy_contrastive_weight: float = bounded(0.0, min=0.0)
+    # video-text pairs: cross-entropy of a caption against its clip played backwards and shuffled, and of a clip
+    # against its opposite-motion captions (rows with temporal contrasts), so that a temporal encoder uses the order
+    temporal_weight: float = bounded(0.5, min=0.0)
     gather_with_grad: bool = True  # gather features across ranks with gradients (OpenCLIP's --gather-with-grad)
     local_loss: bool = False  # each rank scores its own rows against all (OpenCLIP's --local-loss)
 

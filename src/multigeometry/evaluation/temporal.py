@@ -21,21 +21,10 @@ import torch
 from torch import Tensor
 
 from multigeometry.models.pair_model import Distribution
+from multigeometry.models.temporal import checked_rows, time_variants
 from multigeometry.training.objective import concat, select_rows
 
 Similarity = Callable[[Any, Any], Tensor]
-
-
-def shuffled_order(t: int) -> Tensor | None:
-    """A fixed order of `t` frames that is neither the clip's nor its reverse (None for fewer than 3 frames)."""
-    if t < 3:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    identity, reverse = torch.arange(t), torch.arange(t).flip(0)
-    while True:
-        order = torch.randperm(t, generator=gen)
-        if not (torch.equal(order, identity) or torch.equal(order, reverse)):
-            return order
 
 
 @dataclass
@@ -59,32 +48,19 @@ class TemporalCollector:
         self.rows = 0
 
     def add(self, model: Any, batch: dict[str, Any], on_device: dict[str, Any]) -> None:
-        """The batch's checked rows: a clip (its frame features), a caption and at least one contrast."""
-        owner = batch.get("temporal_contrasts_owner")
-        if owner is None or not len(owner) or "video.emb" not in on_device:
+        """The batch's checked rows (`models.temporal.checked_rows`)."""
+        checked = checked_rows(batch)
+        contrasts = model.encode_texts(on_device, "temporal_contrasts") if checked is not None else None
+        if checked is None or contrasts is None:
             return
-        has_contrast = torch.zeros(len(batch["group_ids"]), dtype=torch.bool)
-        has_contrast[owner] = True
-        keep = torch.nonzero(has_contrast & batch["present"]["video"] & batch["present"]["text"]).squeeze(1)
-        if not keep.numel():
-            return
-        contrasts = model.encode_texts(on_device, "temporal_contrasts")
-        if contrasts is None:
-            return
+        keep, entries, owner = checked
         device = on_device["video.emb"].device
-        frames = on_device["video.emb"]
-        order = shuffled_order(frames.shape[1])
-        clips = {"forward": frames, "backward": frames.flip(1)}
-        if order is not None:
-            clips["shuffled"] = frames[:, order.to(device)]
-        for name, x in clips.items():
+        clips = time_variants(on_device["video.emb"])
+        for name, x in zip(("forward", "backward", "shuffled"), clips, strict=False):
             self.parts[name].append(select_rows(model.encode({"video.emb": x}, "video"), keep.to(device)))
         self.parts["captions"].append(select_rows(model.encode(on_device, "text"), keep.to(device)))
-        slot = torch.full((len(has_contrast),), -1, dtype=torch.long)
-        slot[keep] = torch.arange(keep.numel()) + self.rows
-        entries = torch.nonzero(slot[owner] >= 0).squeeze(1)
         self.parts["contrasts"].append(select_rows(contrasts, entries.to(device)))
-        self.owners.append(slot[owner][entries])
+        self.owners.append(owner + self.rows)
         self.rows += keep.numel()
 
     def result(self) -> TemporalSet | None:

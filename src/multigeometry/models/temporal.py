@@ -52,3 +52,43 @@ def make_temporal(kind: str, dim: int, width: int = 128, layers: int = 1, heads:
     if kind == "seqTransf":
         return SeqTransf(dim, width, layers, heads, dropout)
     raise ValueError(f"model.video.temporal: unknown {kind!r}; allowed: 'meanP', 'seqTransf'")
+
+
+def shuffled_order(t: int) -> torch.Tensor | None:
+    """A fixed order of `t` frames that is neither the clip's nor its reverse (None for fewer than 3 frames)."""
+    if t < 3:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    identity, reverse = torch.arange(t), torch.arange(t).flip(0)
+    while True:
+        order = torch.randperm(t, generator=gen)
+        if not (torch.equal(order, identity) or torch.equal(order, reverse)):
+            return order
+
+
+def time_variants(frames: torch.Tensor) -> list[torch.Tensor]:
+    """A batch of clips' frames (B, T, D): as they are, played backwards, and (T >= 3) in a fixed shuffled order."""
+    order = shuffled_order(frames.shape[1])
+    variants = [frames, frames.flip(1)]
+    if order is not None:
+        variants.append(frames[:, order.to(frames.device)])
+    return variants
+
+
+def checked_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The rows of a collated batch that the temporal terms check: a clip, a caption and at least one temporal
+    contrast. Returns (rows, the contrast entries of those rows, each entry's position among the rows), or None."""
+    owner = batch.get("temporal_contrasts_owner")
+    if owner is None or not len(owner) or "video.emb" not in batch or "video" not in batch["present"] \
+            or "text" not in batch["present"]:
+        return None
+    owner = owner.cpu()
+    has_contrast = torch.zeros(len(batch["group_ids"]), dtype=torch.bool)
+    has_contrast[owner] = True
+    keep = torch.nonzero(has_contrast & batch["present"]["video"].cpu() & batch["present"]["text"].cpu()).squeeze(1)
+    if not keep.numel():
+        return None
+    slot = torch.full((len(has_contrast),), -1, dtype=torch.long)
+    slot[keep] = torch.arange(keep.numel())
+    entries = torch.nonzero(slot[owner] >= 0).squeeze(1)
+    return keep, entries, slot[owner][entries]

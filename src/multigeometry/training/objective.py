@@ -117,6 +117,14 @@ class TrainModule(nn.Module):
                 share = 1 if cached is None else len(cached)
                 terms["composition"] = composition.detach()
                 terms["loss"] = terms["loss"] + weight * composition / share
+        if self.criterion.cfg.temporal_weight > 0:
+            from multigeometry.training.temporal_term import temporal_term
+
+            temporal = temporal_term(self.model, self.criterion, batch)
+            if temporal is not None:  # local to this micro-batch, as the composition term
+                share = 1 if cached is None else len(cached)
+                terms["temporal"] = temporal.detach()
+                terms["loss"] = terms["loss"] + self.criterion.cfg.temporal_weight * temporal / share
         return terms
 
     def _composition(self, batch: dict[str, Any], general: Distribution | None) -> Tensor | None:
