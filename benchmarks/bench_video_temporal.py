@@ -7,7 +7,8 @@ the temporal check (`video/temporal_R@1`, `text_to_video/temporal_R@1`, `video_t
 
 Prints JSON: per pooling the metrics and the seconds spent training.
 
-Usage: python benchmarks/bench_video_temporal.py [--items 300] [--epochs 20] [--feature-side 64] [--out FILE]
+Usage: python benchmarks/bench_video_temporal.py [--items 300] [--epochs 20] [--feature-side 64]
+                                                [--temporal-weight 0.5] [--out FILE]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ KEPT = ("video_to_text/R@1", "text_to_video/R@1", "video/temporal_R@1", "text_to
         "video_to_text/temporal_R@1")
 
 
-def raw_params(root: Path, items: int, epochs: int, side: int, temporal: str) -> dict[str, Any]:
+def raw_params(root: Path, items: int, epochs: int, side: int, temporal: str, weight: float) -> dict[str, Any]:
     encoder = {"input": "emb", "hidden_dim": 128, "layers": 1}
     return {
         "data": {"dataset": "world-video", "world": {"n_items": items, "workers": 2, "audio": False, "video": True,
@@ -44,6 +45,7 @@ def raw_params(root: Path, items: int, epochs: int, side: int, temporal: str) ->
         "train": {"run_name": temporal, "device": "cpu", "epochs": epochs, "lr": 2e-3, "warmup_steps": 5,
                   "select": "last", "patience": 0,
                   "tracking_uri": f"sqlite:///{root.resolve() / 'mlflow.db'}"},
+        "loss": {"temporal_weight": weight},
         "eval": {"device": "cpu", "grid_queries": 0},
     }
 
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--feature-side", type=int, default=64)
+    parser.add_argument("--temporal-weight", type=float, default=0.5, help="loss.temporal_weight")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -66,16 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     from multigeometry.stages.train import train
     from multigeometry.stages.validate import validate
 
-    report: dict[str, Any] = {"items": args.items, "epochs": args.epochs, "feature_side": args.feature_side}
+    report: dict[str, Any] = {"items": args.items, "epochs": args.epochs, "feature_side": args.feature_side,
+                              "temporal_weight": args.temporal_weight}
     with tempfile.TemporaryDirectory(prefix="bench-video-temporal-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        params = params_from_dict(raw_params(root, args.items, args.epochs, args.feature_side, "meanP"))
+        params = params_from_dict(raw_params(root, args.items, args.epochs, args.feature_side, "meanP",
+                                             args.temporal_weight))
         for stage in (prepare, validate, shard):
             stage(params, root)
         report["data_s"] = round(time.perf_counter() - start, 1)
         for temporal in ("meanP", "seqTransf"):
-            params = params_from_dict(raw_params(root, args.items, args.epochs, args.feature_side, temporal))
+            params = params_from_dict(raw_params(root, args.items, args.epochs, args.feature_side, temporal,
+                                                 args.temporal_weight))
             start = time.perf_counter()
             train(params, root)
             seconds = time.perf_counter() - start

@@ -49,6 +49,11 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     for stage in (prepare, validate, shard, train):
         stage(params, tmp_path)
     assert (models_dir(params, tmp_path) / "model.pt").is_file()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the temporal term trained on the rows with contrasts
+        logged = db.execute("select count(*), min(value) from metrics where key = 'train/temporal'").fetchone()
+    assert logged[0] > 0 and logged[1] > 0, logged
     _embeds_a_clip_given_as_a_path_or_bytes(params, tmp_path)
     out = evaluate(params, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())

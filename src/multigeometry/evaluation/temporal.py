@@ -79,7 +79,7 @@ class TemporalCollector:
 
 def _hits(own: Tensor, best: Tensor, ties: Tensor) -> Tensor:
     """1/(1 + ties) where the own candidate scores at least the best distractor (within float rounding), else 0."""
-    level = torch.isclose(own, best, rtol=1e-5, atol=1e-6)
+    level = torch.isclose(own, best, rtol=1e-6, atol=1e-7)
     return torch.where(level, 1.0 / (1.0 + ties), torch.where(own > best, 1.0, 0.0))
 
 
@@ -91,12 +91,12 @@ def temporal_metrics(t: TemporalSet, similarity: Similarity) -> dict[str, float]
         clips.append(similarity(t.captions, t.shuffled).diagonal())
     others = torch.stack(clips)
     best = others.amax(0)
-    ties = torch.isclose(others, own[None], rtol=1e-5, atol=1e-6).sum(0).to(own.dtype)
+    ties = torch.isclose(others, own[None], rtol=1e-6, atol=1e-7).sum(0).to(own.dtype)
     text_to_video = _hits(own, best, ties).mean()
     owner = t.contrast_owner.to(own.device)
     contrast = similarity(t.contrasts, t.forward).gather(1, owner[:, None]).squeeze(1)
     best = torch.full_like(own, -torch.inf).scatter_reduce(0, owner, contrast, reduce="amax")
-    tied = torch.isclose(contrast, own[owner], rtol=1e-5, atol=1e-6).to(own.dtype)
+    tied = torch.isclose(contrast, own[owner], rtol=1e-6, atol=1e-7).to(own.dtype)
     ties = torch.zeros_like(own).scatter_add(0, owner, tied)
     video_to_text = _hits(own, best, ties).mean()
     out = {"text_to_video/temporal_R@1": float(text_to_video), "video_to_text/temporal_R@1": float(video_to_text)}
