@@ -27,6 +27,7 @@ test: install
 
 lint: install
 	ruff check .
+	multigeometry deps --check
 
 # Re-resolve the pins after changing dependencies in pyproject.toml.
 lock:

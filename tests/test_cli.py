@@ -13,7 +13,7 @@ HEAVY = ("torch", "pandas", "great_expectations", "datasets", "transformers", "m
 
 def test_help_of_every_command_imports_no_heavy_library():
     # --help must answer at once: building the parser and printing help touches none of the heavy libraries
-    commands = [[], ["params"], *[[name] for name in STAGES]]
+    commands = [[], ["params"], ["deps"], *[[name] for name in STAGES]]
     script = (
         "import sys\n"
         "from multigeometry.cli import main\n"

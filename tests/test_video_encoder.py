@@ -8,11 +8,12 @@ import torch
 
 from multigeometry.config import LoaderConfig, ParamsError, VideoEncoderConfig, params_from_dict
 from multigeometry.data.collate import Collator
+from multigeometry.geometry.distribution import select_rows
 from multigeometry.losses import MainCriterion
 from multigeometry.models.encoders import VideoEncoder, build_encoder
 from multigeometry.models.pair_model import PairModel
 from multigeometry.models.temporal import MeanPool, SeqTransf, make_temporal, shuffled_order
-from multigeometry.training.objective import TrainModule, select_rows
+from multigeometry.training.objective import TrainModule
 
 T, D = 4, 8
 

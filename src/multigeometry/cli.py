@@ -1,4 +1,4 @@
-"""The `multigeometry` command line: one subcommand per stage, plus `params`.
+"""The `multigeometry` command line: one subcommand per stage, plus `params` and `deps`.
 
 Heavy libraries are imported inside the commands, so `--help` answers at once.
 """
@@ -55,7 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.set_defaults(run=_stage_runner(name))
     _registry_commands(sub)
+    _deps_command(sub)
     return parser
+
+
+def _deps_command(sub: argparse._SubParsersAction) -> None:
+    text = ("Each stage's code deps in dvc.yaml, computed from its import closure (multigeometry.stage_deps): print "
+            "them, --write them into dvc.yaml, or --check that dvc.yaml has them (exit 1 when it is stale).")
+    p = sub.add_parser("deps", help=text, description=text)
+    p.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"), metavar="FILE", help="default: dvc.yaml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the code deps of every stage in FILE")
+    mode.add_argument("--check", action="store_true", help="fail (exit 1) when FILE's code deps are not the computed")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(run_without_params=_deps)
+
+
+def _deps(args: argparse.Namespace) -> int:
+    from multigeometry import stage_deps
+
+    if args.write:
+        changed = stage_deps.write(args.dvc_yaml)
+        logging.getLogger("multigeometry").info("%s: code deps %s", args.dvc_yaml,
+                                                "rewritten" if changed else "already current")
+        return 0
+    reports = stage_deps.check(args.dvc_yaml)
+    if args.check:
+        if stale := stage_deps.describe(reports):
+            print(f"multigeometry deps: {args.dvc_yaml} is stale; run `multigeometry deps --write`:\n{stale}",
+                  file=sys.stderr)
+            return 1
+        logging.getLogger("multigeometry").info("%s: every stage's code deps are current", args.dvc_yaml)
+        return 0
+    for report in reports:
+        sys.stdout.write(f"{report.stage}:\n" + "".join(f"  - {d}\n" for d in report.computed))
+    return 0
 
 
 def _model_inputs(parser: argparse.ArgumentParser, text_flag: str) -> None:
@@ -155,6 +189,8 @@ def _stage_runner(name: str) -> Callable[[object], None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if run_without_params := getattr(args, "run_without_params", None):
+        return _without_params(run_without_params, args)
     from multigeometry.config import ParamsError, load_params
 
     try:
@@ -175,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"multigeometry {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _without_params(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command that reads no params file (`deps`): its errors name the file, exit 2."""
+    from multigeometry.stage_deps import StageDepsError
+
+    try:
+        return run(args)
+    except (StageDepsError, OSError) as e:
+        print(f"multigeometry {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

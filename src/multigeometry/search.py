@@ -11,26 +11,30 @@ Every result carries `match_prob`, the calibrated probability that it matches th
 scaling of the similarity on the split's own pairs), and `no_match`, true for all results of a modality when even
 the best one is more likely not a match; and the query's uncertainty with its percentile among the index's items of
 the query's modality (`query_uncertainty_pct`: 99 means more uncertain than 99 % of them).
+
+A modality with at least `registry.ann_threshold` items is searched approximately (`ann.py`: a FAISS IVF index over
+its point directions, lifted cone axes or mixture component means, candidates re-ranked exactly by the model's
+similarity, so every score is exact and only the candidate set is approximate); the FAISS index is built on the
+first query of that modality and kept with the loaded index (`SearchIndex.approximate`), not written to disk.
+Evaluation always ranks exactly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.config import RegistryConfig
+from multigeometry.geometry.distribution import Distribution, from_tensors, to_tensors
 from multigeometry.inference import TrainedModel
-from multigeometry.models.pair_model import Distribution
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +45,6 @@ INDEX_FORMAT = 2
 
 class SearchIndexError(ValueError):
     """A search index folder whose files are missing, cut or inconsistent."""
-
-
-def dist_to_tensors(dist: Distribution) -> dict[str, Any]:
-    kind = "cone" if isinstance(dist, ConeParams) else "mixture"
-    fields = {f.name: getattr(dist, f.name) for f in dataclasses.fields(dist)}
-    return {"kind": kind, **{k: (None if v is None else v.detach().cpu()) for k, v in fields.items()}}
-
-
-def dist_from_tensors(data: dict[str, Any]) -> Distribution:
-    if data["kind"] == "cone":
-        return ConeParams(data["direction"], data["theta"])
-    return MixtureParams(data["logits"], data["mu"], data.get("logvar"))
 
 
 def index_key(model_sha256: str, shards_root: Path, split: str) -> dict[str, str]:
@@ -75,10 +67,28 @@ class SearchIndex:
     rows: dict[str, torch.Tensor]  # modality -> the split rows that carry it
     dists: dict[str, Distribution]  # modality -> their distributions, in `rows` order
     calibration: dict[str, list[float]]  # "<query modality>-><item modality>" -> Platt (a, b)
+    # (modality, nlist, train_per_list) -> its approximate index (ann.ApproximateIndex), built on first use
+    approximate: dict[tuple[str, int, int], Any] = field(default_factory=dict, repr=False)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.dists)
+
+    def approximate_index(self, trained: TrainedModel, modality: str, cfg: RegistryConfig | None) -> Any:
+        """The approximate index of `modality` when `cfg` asks for one at its size (None: search it exactly)."""
+        from multigeometry.ann import ApproximateIndex, similarity_kind
+
+        items = self.dists[modality]
+        if cfg is None or cfg.ann_threshold == 0 or items.batch_size < cfg.ann_threshold:
+            return None
+        key = (modality, cfg.ann_nlist, cfg.ann_train_per_list)
+        if key not in self.approximate:
+            log.info("%s: %d items >= registry.ann_threshold %d, building its approximate index", modality,
+                     items.batch_size, cfg.ann_threshold)
+            self.approximate[key] = ApproximateIndex.build(items, similarity_kind(trained.criterion),
+                                                           trained.params.loss.csd_tau, cfg.ann_nlist,
+                                                           cfg.ann_train_per_list)
+        return self.approximate[key]
 
 
 def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path, key: dict[str, str],
@@ -89,7 +99,7 @@ def build_index(trained: TrainedModel, shards_root: Path, split: str, out: Path,
     emb = embed_split(trained, shards_root, split, batch_size, verify="size")
     index = SearchIndex(key, emb.sample_ids, emb.texts, emb.rows, emb.dists, calibrate(trained, emb))
     with atomic_dir(out) as staging:
-        torch.save({m: {"rows": index.rows[m], **dist_to_tensors(index.dists[m])} for m in index.dists},
+        torch.save({m: {"rows": index.rows[m], **to_tensors(index.dists[m])} for m in index.dists},
                    staging / TENSORS)
         meta = {"key": key, "sample_ids": index.sample_ids, "texts": index.texts, "calibration": index.calibration}
         (staging / INDEX_JSON).write_text(json.dumps(meta, sort_keys=True))
@@ -136,7 +146,7 @@ def read_index_dir(folder: Path) -> SearchIndex:
     try:
         tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
         rows = {m: t["rows"] for m, t in tensors.items()}
-        dists = {m: dist_from_tensors(t) for m, t in tensors.items()}
+        dists = {m: from_tensors(t) for m, t in tensors.items()}
     except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError, pickle.UnpicklingError,
             zipfile.BadZipFile) as e:
         raise SearchIndexError(f"{folder / TENSORS}: unreadable ({type(e).__name__}: {str(e)[:200]})") from e
@@ -168,14 +178,17 @@ def load_or_build(trained: TrainedModel, model_sha256: str, shards_root: Path, s
 
 
 def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: int, targets: list[str] | None = None,
-           block_size: int = 1024, query_modality: str = "text") -> list[dict[str, Any]]:
+           block_size: int = 1024, query_modality: str = "text",
+           registry: RegistryConfig | None = None) -> list[dict[str, Any]]:
     """The top `k` items of each target modality (default: every modality of the index) for ONE query of
     `query_modality`: rows of rank, modality, sample_id, score (the model's similarity), match_prob and
     no_match (calibrated), uncertainty (the item's) and the sample's text, with the query's uncertainty and its
-    percentile among the index's items of its modality."""
+    percentile among the index's items of its modality. `registry`'s ann_* settings choose approximate search for
+    large modalities (None: always exact)."""
+    from multigeometry.ann import approximate_topk
     from multigeometry.calibration import match_probability
     from multigeometry.evaluation.retrieval import blockwise_topk
-    from multigeometry.evaluation.uncertainty import query_uncertainty
+    from multigeometry.geometry.distribution import uncertainty as query_uncertainty
 
     if query.batch_size != 1:
         raise ValueError(f"search: one query at a time, got {query.batch_size}")
@@ -194,7 +207,15 @@ def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: in
                  else float("nan"))
         for m in targets:
             items = index.dists[m].map(lambda t: t.to(device))
-            scores, top = blockwise_topk(query.map(lambda t: t.to(device)), items, trained.similarity, k, block_size)
+            on_device = query.map(lambda t: t.to(device))
+            ann = index.approximate_index(trained, m, registry)
+            if ann is None:
+                scores, top = blockwise_topk(on_device, items, trained.similarity, k, block_size)
+            else:  # padded with -1 where fewer than k candidates were found
+                scores, top = approximate_topk(on_device, items, trained.similarity, ann, k,
+                                               registry.ann_candidates, registry.ann_nprobe)  # type: ignore[union-attr]
+                found = top[0] >= 0
+                scores, top = scores[:, found], top[:, found]
             uncertainty = query_uncertainty(items, measure)
             a_b = index.calibration.get(f"{query_modality}->{m}")
             probs = [match_probability(float(sc), *a_b) if a_b else float("nan") for sc in scores[0].tolist()]

@@ -151,3 +151,17 @@ class Collator:
             if int((batch["present"][p.a] & batch["present"][p.b]).sum()) >= 2
         ]
         return batch
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch with every tensor (nested dicts included) moved to `device`; other values as they are."""
+    from torch import Tensor
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return move(batch)

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multigeometry.config import MODALITIES, SPLITS, SplitFractions
+from multigeometry.paths import MANIFEST
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worker processes need only the rows
     import pandas as pd
 
-MANIFEST = "manifest.parquet"
 COLUMNS = (
     "sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts", "parts",
     "compound_level", "ambiguity", "temporal_contrasts",

@@ -74,6 +74,18 @@ def _name(source: Path | bytes, name: object) -> object:
     return name if name is not None else source if isinstance(source, Path) else "video"
 
 
+def video_extension(data: bytes) -> str | None:
+    """The extension of an encoded video, from its magic number (MP4/MOV `ftyp`, Matroska/WebM EBML, AVI), or None."""
+    head = data[:64]
+    if head[4:8] == b"ftyp":
+        return "mov" if head[8:10] == b"qt" else "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm" if b"webm" in head else "mkv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 def probe(source: Path | bytes, name: object = None, count: bool = False) -> VideoInfo:
     """The header of a clip (and with `count` its packets, without decoding). No video stream, or a header FFmpeg
     cannot read, is `video_undecodable`."""

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from multigeometry.evaluation.embed import Compositions, SplitEmbeddings
 from multigeometry.evaluation.hierarchy import atom_matrix, inclusion_mask, pad_columns
-from multigeometry.evaluation.retrieval import device_of, rank_blocks, slice_rows, summarize
-from multigeometry.models.pair_model import Distribution
+from multigeometry.evaluation.retrieval import rank_blocks, slice_rows, summarize
+from multigeometry.geometry.distribution import Distribution, device_of
 
 Similarity = Callable[[Distribution, Distribution], Tensor]
 

@@ -13,16 +13,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from multigeometry.data.collate import Collator
+from multigeometry.data.collate import Collator, to_device
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import Verify
-from multigeometry.evaluation.retrieval import device_of
 from multigeometry.evaluation.temporal import TemporalCollector, TemporalSet
-from multigeometry.geometry.cone import ConeParams, compose_cone_groups
+from multigeometry.geometry.distribution import Distribution, concat, device_of, family_of, select_rows
 from multigeometry.inference import TrainedModel
-from multigeometry.models.pair_model import Distribution
-from multigeometry.training.objective import concat, select_rows
-from multigeometry.training.validation import to_device
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +246,9 @@ class _CompoundCollector:
         index = on_device["compound_index"][rows]
         self.composed.append(model.composer(parts, owner, rows.numel()))
         self.captions.append(select_rows(general, index))
-        if isinstance(parts, ConeParams):
-            self.closed_form.append(compose_cone_groups(parts, owner, rows.numel()))
+        closed_form = family_of(parts).closed_form_compose
+        if closed_form is not None:
+            self.closed_form.append(closed_form(parts, owner, rows.numel()))
         for row, entry in zip(rows.tolist(), index.tolist(), strict=True):
             text = batch["hierarchy_raw"][entry]
             level = batch["hierarchy"][row].index(text)

@@ -14,13 +14,9 @@ from pathlib import Path
 from multigeometry.data.images import to_rgb
 from multigeometry.evaluation.suite import EvalResult, TopK
 from multigeometry.io import atomic_path, write_json_atomic
+from multigeometry.paths import CERTAIN_PLOT, DECILE_PLOT, GRID_DIR, HEADLINE_FILE, METRICS_FILE, RECALL_PLOT
 
-METRICS_FILE = "metrics.json"
-HEADLINE_FILE = "headline.json"
-RECALL_PLOT = "plots/recall_at_k.csv"
-CERTAIN_PLOT = "plots/certain_r1.csv"
-DECILE_PLOT = "plots/r1_by_uncertainty_decile.csv"
-GRID_DIR = "grids"
+__all__ = ["CERTAIN_PLOT", "DECILE_PLOT", "GRID_DIR", "HEADLINE_FILE", "METRICS_FILE", "RECALL_PLOT", "write_report"]
 CELL = 128
 
 

@@ -5,11 +5,16 @@ dropped, so that 25,000 × 5,000 items never hold more than one block of pair sc
 
 Ties are counted pessimistically: a positive that scores the same as a negative ranks after it. (A collapsed model
 that gives every item the same score thus gets the worst ranks, not ranks that depend on the order of the items.)
-Tied positives among themselves need no rule: the metrics only see which ranks hold positives.
+Tied positives among themselves need no rule: the metrics only see which ranks hold positives. This is the one R@1 of
+the project: training's validation (`training/validation.py`) ranks with these functions too.
 
 With a query's positives sorted by score, the t-th of them (t = 1..R) has rank r_t = t + #{negatives scoring ≥ it}.
 Then: the first positive's rank is r_1; R@K = [r_1 ≤ K]; AP@R = (1/R) Σ_{t: r_t ≤ R} t / r_t (precision at each
 positive inside the top R, as in Musgrave et al.'s MAP@R).
+
+Ranks are counted, not sorted: #{negatives ≥ s} is #{items ≥ s} − #{positives ≥ s}, one comparison pass over the
+block's scores per positive (or one bucketing pass for rows with many positives), against the O(N log N) sort of every
+row; positives come as index lists (`positive_lists`), so no Q × N mask is built either.
 """
 
 from __future__ import annotations
@@ -20,10 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.geometry.distribution import Distribution, device_of
 
-Distribution = MixtureParams | ConeParams
 ScoreBlock = Callable[[int, int], Tensor]  # (i0, i1) -> scores of queries i0:i1 against all items, (i1 - i0, N)
 
 
@@ -41,30 +44,99 @@ class Rankings:
         return self.n_positive > 0
 
 
-def block_rankings(scores: Tensor, positives: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """First-positive rank, AP@R and positive count of each row of one block of scores (b, N) with its positive mask.
+def positive_lists(query_groups: Tensor, item_groups: Tensor) -> Tensor:
+    """The items that share each query's group, as indices (Q, P) padded with −1, P the largest count (at least 1).
 
-    Raises on a non-finite score: a NaN would silently rank anywhere.
+    Sorting the items' groups once and looking each query's group up in them costs O((Q + N) log N), never a Q × N
+    mask."""
+    order = torch.argsort(item_groups, stable=True)
+    sorted_groups = item_groups[order]
+    qg = query_groups.to(sorted_groups.dtype).contiguous()
+    start = torch.searchsorted(sorted_groups, qg, side="left")
+    count = torch.searchsorted(sorted_groups, qg, side="right") - start
+    width = max(int(count.max()) if count.numel() else 0, 1)
+    slot = torch.arange(width, device=item_groups.device)
+    real = slot[None, :] < count[:, None]
+    idx = (start[:, None] + slot[None, :]).clamp(max=max(order.numel() - 1, 0))
+    picked = order[idx] if order.numel() else torch.zeros_like(idx)
+    return torch.where(real, picked, torch.full_like(picked, -1))
+
+
+def mask_to_lists(mask: Tensor) -> Tensor:
+    """A dense positive mask (b, N) as padded index lists (b, P), −1 where a row has fewer than P positives."""
+    mask = mask.to(torch.bool)
+    counts = mask.sum(dim=1)
+    width = max(int(counts.max()) if counts.numel() else 0, 1)
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's columns in order
+    slot = torch.arange(rows.numel(), device=mask.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    out = torch.full((mask.shape[0], width), -1, dtype=torch.long, device=mask.device)
+    out[rows, slot] = cols
+    return out
+
+
+# Up to this many positives a row, each positive's count is one comparison pass over the block's scores; above it,
+# one bucketing pass (a binary search of every score among the row's sorted positive scores) serves them all.
+COUNT_PASSES_MAX = 8
+
+
+def at_or_above(scores: Tensor, thresholds: Tensor, workspace: Tensor | None = None) -> Tensor:
+    """How many entries of each row of `scores` (b, N) are >= each of that row's `thresholds` (b, P) -> (b, P).
+
+    `workspace`, a float tensor of at least b·N elements, takes the comparisons: a fresh block-sized tensor per
+    comparison would cost more in page faults than the comparison itself, and sums over bool tensors are slow."""
+    b, p = thresholds.shape
+    if p <= COUNT_PASSES_MAX:
+        n = scores.shape[1]
+        if workspace is None or workspace.numel() < b * n or workspace.dtype != scores.dtype:
+            workspace = scores.new_empty(b * n)
+        hits = workspace[: b * n].view(b, n)
+        out = torch.empty(b, p, dtype=torch.long, device=scores.device)
+        for t in range(p):
+            torch.ge(scores, thresholds[:, t, None], out=hits)
+            # float32 sums of ones are exact below 2^24 items
+            out[:, t] = hits.sum(dim=1) if n < 1 << 24 else hits.sum(dim=1, dtype=torch.float64)
+        return out
+    ascending, order = thresholds.sort(dim=1)
+    # bucket[i, j] = how many thresholds of row i are <= scores[i, j]; an entry is >= the u-th smallest threshold
+    # exactly when its bucket is above u
+    bucket = torch.searchsorted(ascending.contiguous(), scores.contiguous(), right=True)
+    hist = torch.zeros(b, p + 1, dtype=torch.long, device=scores.device)
+    hist.scatter_add_(1, bucket, torch.ones_like(bucket))
+    ge_ascending = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [u] = entries whose bucket >= u + 1
+    return torch.empty_like(ge_ascending).scatter_(1, order, ge_ascending)
+
+
+def block_rankings(
+    scores: Tensor, positives: Tensor, workspace: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """First-positive rank, AP@R and positive count of each row of one block of scores (b, N).
+
+    `positives` is a bool mask (b, N) or index lists (b, P) padded with −1 (`positive_lists`). Ranks are counted,
+    never sorted: the t-th best positive's rank is t plus the number of negatives scoring at or above it, which is
+    the number of items at or above it minus the number of positives at or above it. `workspace`: see
+    `at_or_above`. Raises on a non-finite score: a NaN would silently rank anywhere.
     """
-    if scores.shape != positives.shape:
+    lists = mask_to_lists(positives) if positives.dtype == torch.bool else positives.to(torch.long)
+    if positives.dtype == torch.bool and positives.shape != scores.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} disagree")
-    if not bool(torch.isfinite(scores).all()):
+    if lists.dim() != 2 or lists.shape[0] != scores.shape[0]:
+        raise ValueError(f"positive lists {tuple(lists.shape)} do not match {scores.shape[0]} score rows")
+    if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
         bad = int((~torch.isfinite(scores)).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"non-finite similarity scores (first in block row {bad}); the model output is broken")
-    b, n_items = scores.shape
-    positives = positives.to(torch.bool)
-    n_pos = positives.sum(dim=1)
+    b = scores.shape[0]
+    real = lists >= 0
+    n_pos = real.sum(dim=1)
     first = torch.zeros(b, dtype=torch.long, device=scores.device)
     ap = torch.zeros(b, dtype=torch.float64, device=scores.device)
-    p_max = int(n_pos.max()) if b else 0
-    if p_max == 0:
+    if b == 0 or int(n_pos.max()) == 0:
         return first, ap, n_pos
-    # negatives sorted ascending; positives' places hold -inf, which no finite score is at or below
-    neg_sorted = scores.masked_fill(positives, float("-inf")).sort(dim=1).values
-    pos_vals = scores.masked_fill(~positives, float("-inf")).topk(p_max, dim=1).values  # descending
-    neg_at_or_above = n_items - torch.searchsorted(neg_sorted, pos_vals.contiguous(), side="left")
-    t = torch.arange(1, p_max + 1, device=scores.device)
-    ranks = neg_at_or_above + t  # (b, p_max), rank of the t-th best positive
+    lists, real = lists[:, : int(n_pos.max())], real[:, : int(n_pos.max())]
+    values = scores.gather(1, lists.clamp_min(0)).masked_fill(~real, float("-inf"))
+    values = values.sort(dim=1, descending=True).values  # the t-th best positive's score; padding (−inf) last
+    negatives_at_or_above = at_or_above(scores, values, workspace) - at_or_above(values, values)
+    t = torch.arange(1, values.shape[1] + 1, device=scores.device)
+    ranks = negatives_at_or_above + t  # (b, P), rank of the t-th best positive
     real = t[None, :] <= n_pos[:, None]
     first = torch.where(n_pos > 0, ranks[:, 0], torch.zeros_like(ranks[:, 0]))
     inside = real & (ranks <= n_pos[:, None])
@@ -75,13 +147,18 @@ def block_rankings(scores: Tensor, positives: Tensor) -> tuple[Tensor, Tensor, T
 def rank_blocks(
     score_block: ScoreBlock, positive_block: ScoreBlock, n_queries: int, block_size: int
 ) -> Rankings:
-    """Rankings of `n_queries` queries, scoring and reducing `block_size` of them at a time."""
+    """Rankings of `n_queries` queries, scoring and reducing `block_size` of them at a time; `positive_block` gives
+    the block's positives as a bool mask or as index lists (see `block_rankings`)."""
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     firsts, aps, counts = [], [], []
+    workspace: Tensor | None = None  # one block's comparisons, reused by every block
     for i0 in range(0, n_queries, block_size):
         i1 = min(n_queries, i0 + block_size)
-        first, ap, n_pos = block_rankings(score_block(i0, i1), positive_block(i0, i1))
+        scores = score_block(i0, i1)
+        if workspace is None or workspace.numel() < scores.numel() or workspace.dtype != scores.dtype:
+            workspace = scores.new_empty(scores.numel())
+        first, ap, n_pos = block_rankings(scores, positive_block(i0, i1), workspace)
         firsts.append(first.cpu())
         aps.append(ap.cpu())
         counts.append(n_pos.cpu())
@@ -111,11 +188,10 @@ def rank_by_groups(
             f"group ids {tuple(query_groups.shape)} / {tuple(item_groups.shape)} do not match {n_q} queries / "
             f"{n_i} items"
         )
-    device = device_of(items)
-    qg, ig = query_groups.to(device), item_groups.to(device)
+    lists = positive_lists(query_groups.to(device_of(items)), item_groups.to(device_of(items)))
     return rank_blocks(
         lambda i0, i1: similarity(slice_rows(queries, i0, i1), items),
-        lambda i0, i1: qg[i0:i1, None] == ig[None, :],
+        lambda i0, i1: lists[i0:i1],
         n_q,
         block_size,
     )
@@ -166,7 +242,3 @@ def blockwise_topk(
     if not values:
         return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
     return torch.cat(values), torch.cat(indices)
-
-
-def device_of(dist: Distribution) -> torch.device:
-    return dist.direction.device if isinstance(dist, ConeParams) else dist.mu.device

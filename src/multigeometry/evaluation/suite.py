@@ -17,14 +17,11 @@ from multigeometry.evaluation.embed import SplitEmbeddings, embed_split
 from multigeometry.evaluation.hierarchy import (
     atom_matrix,
     blockwise_auc,
-    containment_score,
-    has_containment,
     inclusion_mask,
     pad_columns,
 )
 from multigeometry.evaluation.retrieval import (
     blockwise_topk,
-    device_of,
     rank_blocks,
     rank_by_groups,
     recall_curve,
@@ -36,10 +33,11 @@ from multigeometry.evaluation.uncertainty import (
     ambiguity_metrics,
     certain_recall,
     decile_recall,
-    query_uncertainty,
     severities,
     spearman,
 )
+from multigeometry.geometry.distribution import containment_score, device_of, has_containment
+from multigeometry.geometry.distribution import uncertainty as query_uncertainty
 from multigeometry.inference import TrainedModel
 from multigeometry.paths import shards_dir
 

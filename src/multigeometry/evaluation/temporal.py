@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from multigeometry.models.pair_model import Distribution
+from multigeometry.geometry.distribution import Distribution, concat, select_rows
 from multigeometry.models.temporal import checked_rows, time_variants
-from multigeometry.training.objective import concat, select_rows
 
 Similarity = Callable[[Any, Any], Tensor]
 

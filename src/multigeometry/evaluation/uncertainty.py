@@ -1,34 +1,17 @@
 """Uncertainty against retrieval error: a per-query uncertainty from the geometry, its Spearman correlation with the
 rank of the query's first positive, and R@1 on the most certain q% of the queries.
 
-The uncertainty is what the geometry gives: a mixture's total variance (or the entropy of its weights), a cone's
-aperture. A point embedding has none. A useful uncertainty correlates positively with the error, and R@1 on the
-most certain queries rises as q falls.
+The uncertainty is what the geometry gives (`geometry.distribution.uncertainty`): a mixture's total variance (or the
+entropy of its weights), a cone's aperture. A point embedding has none. A useful uncertainty correlates positively
+with the error, and R@1 on the most certain queries rises as q falls.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor
-
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams, mixture_total_variance, mixture_weight_entropy
-
-
-def query_uncertainty(
-    dist: MixtureParams | ConeParams, mixture_measure: Literal["total_variance", "weight_entropy"] = "total_variance"
-) -> Tensor | None:
-    """One uncertainty number per row (B,), or None for a geometry without one (points: one component, no variance)."""
-    if isinstance(dist, ConeParams):
-        return dist.theta.detach()
-    if mixture_measure == "weight_entropy":
-        return mixture_weight_entropy(dist.logits).detach() if dist.n_components > 1 else None
-    if dist.logvar is None and dist.n_components == 1:
-        return None
-    return mixture_total_variance(dist).detach()
 
 
 def average_ranks(x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ caps of its specific instances; cap B lies inside cap A exactly when ∠(μ_A, �
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,21 @@ class ConeParams:
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> ConeParams:
         return ConeParams(fn(self.direction), fn(self.theta))
+
+    @property
+    def device(self) -> torch.device:
+        return self.direction.device
+
+    def select(self, rows: Tensor) -> ConeParams:
+        """The rows `rows` (indices or a bool mask)."""
+        return self.map(lambda t: t[rows])
+
+    def to(self, device: torch.device | str) -> ConeParams:
+        return self.map(lambda t: t.to(device))
+
+    @classmethod
+    def cat(cls, parts: Sequence[ConeParams]) -> ConeParams:
+        return cls(torch.cat([p.direction for p in parts]), torch.cat([p.theta for p in parts]))
 
 
 def bound_aperture(raw: Tensor, theta_min: float, theta_max: float) -> Tensor:
@@ -105,10 +120,11 @@ def cone_similarity(a: ConeParams, b: ConeParams) -> Tensor:
     smooth everywhere (unlike angles at 0), a positive-definite kernel, and CLIP's cosine when apertures agree;
     as in CLIP it is meant to be scaled by the learnable logit scale.
     """
-    return _lift(a) @ _lift(b).T
+    return lift(a) @ lift(b).T
 
 
-def _lift(c: ConeParams) -> Tensor:
+def lift(c: ConeParams) -> Tensor:
+    """The unit vectors [cos θ · μ, sin θ · μ] (..., 2D) whose inner products are `cone_similarity`."""
     return torch.cat([c.direction * c.theta.cos()[..., None], c.direction * c.theta.sin()[..., None]], dim=-1)
 
 

@@ -7,7 +7,7 @@ and log-variances (B, K, D), or `None` for point embeddings (no variance).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +66,25 @@ class MixtureParams:
     def map(self, fn: Callable[[Tensor], Tensor]) -> MixtureParams:
         """Apply `fn` to every tensor (gathering across ranks, slicing, moving devices)."""
         return MixtureParams(fn(self.logits), fn(self.mu), None if self.logvar is None else fn(self.logvar))
+
+    @property
+    def device(self) -> torch.device:
+        return self.mu.device
+
+    def select(self, rows: Tensor) -> MixtureParams:
+        """The rows `rows` (indices or a bool mask)."""
+        return self.map(lambda t: t[rows])
+
+    def to(self, device: torch.device | str) -> MixtureParams:
+        return self.map(lambda t: t.to(device))
+
+    @classmethod
+    def cat(cls, parts: Sequence[MixtureParams]) -> MixtureParams:
+        """The rows of all `parts` as one batch; they must agree on K, D and on having variances."""
+        if any((p.logvar is None) != (parts[0].logvar is None) for p in parts):
+            raise ValueError("cannot concatenate mixtures with and without variances")
+        logvar = None if parts[0].logvar is None else torch.cat([p.logvar for p in parts])  # type: ignore[misc]
+        return cls(torch.cat([p.logits for p in parts]), torch.cat([p.mu for p in parts]), logvar)
 
 
 def bound_logvar(raw: Tensor, logvar_min: float, logvar_max: float) -> Tensor:

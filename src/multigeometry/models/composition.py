@@ -13,27 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig
-from multigeometry.geometry.cone import ConeParams
+from multigeometry.geometry.distribution import Distribution, FlatScale, family_of
 from multigeometry.geometry.groups import pad_groups
-from multigeometry.geometry.mixture import MixtureParams
 from multigeometry.models.heads import make_head
-
-Distribution = MixtureParams | ConeParams
 
 
 def distribution_features(dist: Distribution, cfg: ModelConfig) -> Tensor:
-    """A distribution's parameters as one flat vector a row, (B, F), each piece on a scale near [−1, 1]: weights,
-    unit means, and log-variances or apertures mapped onto [0, 1] by their configured bounds. Components are sorted
-    by weight, so that the vector does not depend on the arbitrary order of a mixture's components."""
-    if isinstance(dist, ConeParams):
-        return torch.cat([dist.direction, (dist.theta / cfg.theta_max)[:, None]], dim=-1)
-    order = dist.logits.argsort(dim=-1, descending=True)
-    take = order[..., None].expand(-1, -1, dist.dim)
-    pieces = [dist.weights().gather(-1, order), dist.mu.gather(1, take).flatten(1)]
-    if dist.logvar is not None:
-        lo, hi = cfg.logvar_min, cfg.logvar_max
-        pieces.append((dist.logvar.gather(1, take).flatten(1) - lo) / (hi - lo))
-    return torch.cat(pieces, dim=-1)
+    """A distribution's parameters as one flat vector a row, (B, F), each piece on a scale near [−1, 1] (its
+    geometry's `Family.flat_features`): weights, unit means, and log-variances or apertures mapped onto [0, 1] by
+    their configured bounds; independent of the order of a mixture's components."""
+    return family_of(dist).flat_features(dist, FlatScale(cfg.theta_max, cfg.logvar_min, cfg.logvar_max))
 
 
 def feature_dim(cfg: ModelConfig) -> int:

@@ -9,13 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig, Params, ParamsError
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.geometry.distribution import Distribution
 from multigeometry.models.composition import Composer
 from multigeometry.models.encoders import build_encoder
 from multigeometry.models.heads import make_head
-
-Distribution = MixtureParams | ConeParams
 
 
 class PairModel(nn.Module):

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from multigeometry.config import MODALITIES
+from multigeometry.geometry.distribution import Distribution
 from multigeometry.inference import TrainedModel
-from multigeometry.models.pair_model import Distribution
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class RawEmbedder:
 
     def _rows(self, records: Sequence[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
         """The manifest rows `encode_rows` reads: media as files (bytes are written under `tmp`), code as a file."""
-        from multigeometry.data.sources.media import video_extension
+        from multigeometry.data.video import video_extension
 
         rows = []
         for i, record in enumerate(records):
@@ -163,8 +163,8 @@ class RawEmbedder:
     @torch.no_grad()
     def embed(self, records: Sequence[dict[str, Any]], batch_size: int = 64) -> Embedded:
         """The distribution of every record in every modality it carries."""
-        from multigeometry.training.objective import concat, select_rows
-        from multigeometry.training.validation import to_device
+        from multigeometry.data.collate import to_device
+        from multigeometry.geometry.distribution import concat, select_rows
 
         device = next(self.trained.model.parameters()).device
         rows: dict[str, list[int]] = {m: [] for m in self.modalities}

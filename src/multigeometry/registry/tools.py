@@ -93,7 +93,8 @@ def query_index(params: Params, model: Any, index: Any, record: dict[str, Any], 
 
     embedded = model.embedder.embed([record])
     (modality,) = embedded.dists
-    return search(model.trained, index, embedded.dists[modality], k, targets, params.eval.block_size, modality)
+    return search(model.trained, index, embedded.dists[modality], k, targets, params.eval.block_size, modality,
+                  params.registry)
 
 
 def run_search(params: Params, model: Any, index_dir: Path, record: dict[str, Any], k: int, split: str,

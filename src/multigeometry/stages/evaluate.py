@@ -17,8 +17,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> Path:
     from multigeometry.evaluation.report import write_report
     from multigeometry.evaluation.suite import eval_device, evaluate_split
     from multigeometry.inference import load_trained
-    from multigeometry.paths import eval_dir, models_dir, run_reports_dir, shards_dir
-    from multigeometry.training.loop import MODEL_FILE
+    from multigeometry.paths import MODEL_FILE, eval_dir, models_dir, run_reports_dir, shards_dir
 
     started = time.perf_counter()
     trained = load_trained(models_dir(params, root) / MODEL_FILE, eval_device(params.eval))

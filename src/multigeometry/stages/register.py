@@ -10,14 +10,13 @@ from multigeometry.config import Params
 
 
 def register(params: Params, root: Path = Path(".")) -> Path:
-    from multigeometry.evaluation.report import METRICS_FILE
     from multigeometry.io import write_json_atomic
-    from multigeometry.paths import eval_dir, models_dir, registry_dir
+    from multigeometry.paths import METRICS_FILE, MODEL_FILE, REGISTRATION, eval_dir, models_dir, registry_dir
     from multigeometry.registry.register import register_model
 
     outcome = register_model(
-        params, root, models_dir(params, root) / "model.pt", eval_dir(params, root) / METRICS_FILE
+        params, root, models_dir(params, root) / MODEL_FILE, eval_dir(params, root) / METRICS_FILE
     )
-    out = registry_dir(params, root) / "registration.json"
+    out = registry_dir(params, root) / REGISTRATION
     write_json_atomic(out, outcome)
     return out

@@ -14,13 +14,11 @@ from multigeometry.data.manifest import MANIFEST, read_manifest
 from multigeometry.data.validation.manifest_suite import run_manifest_suite
 from multigeometry.data.validation.media import media_failures
 from multigeometry.io import atomic_dir, write_json_atomic
-from multigeometry.paths import data_report_path, raw_dir, validated_dir
+from multigeometry.paths import DATA_DOCS, QUARANTINE, VALIDATION_REPORT, data_report_path, raw_dir, validated_dir
 
 log = logging.getLogger(__name__)
 
-QUARANTINE = "quarantine.parquet"
-REPORT = "report.json"
-DATA_DOCS = "data_docs"
+REPORT = VALIDATION_REPORT
 COUNTS = ("rows_in", "rows_passed", "rows_quarantined", "quarantined_fraction", "passed_per_split")  # DVC metrics
 
 
@@ -66,7 +64,7 @@ def validate(params: Params, root: Path = Path(".")) -> Path:
             "passed_per_split": _counts(passed["split"]),
             "quarantined_per_split": _counts(quarantined["split"]),
             "expectations": expectations,
-            "raw_dir": str(source),
+            "raw_dir": raw_dir(params).as_posix(),  # relative to the project root: the same in any checkout
         }
         write_json_atomic(staging / REPORT, report)
     write_json_atomic(data_report_path(params, root), {k: report[k] for k in COUNTS})

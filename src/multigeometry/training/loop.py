@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from multigeometry.config import Params
-from multigeometry.data.collate import load_tokenizer
+from multigeometry.data.collate import load_tokenizer, to_device
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import read_index
@@ -34,7 +34,16 @@ from multigeometry.distributed import local_only
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
-from multigeometry.paths import models_dir, run_reports_dir, shards_dir
+from multigeometry.paths import (
+    CHECKPOINTS,
+    LOSS_PLOT,
+    MODEL_FILE,
+    RESOLVED_PARAMS,
+    TRAIN_METRICS,
+    models_dir,
+    run_reports_dir,
+    shards_dir,
+)
 from multigeometry.training.checkpoint import (
     check_resumable,
     clear_checkpoints,
@@ -47,13 +56,10 @@ from multigeometry.training.checkpoint import (
 from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.optim import make_optimizer, make_scheduler
 from multigeometry.training.tracking import Tracker, default_tracking_uri, system_info
-from multigeometry.training.validation import to_device, validate_model
+from multigeometry.training.validation import validate_model
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-TRAIN_METRICS = "train.json"  # under paths.run_reports_dir
-LOSS_PLOT = "plots/loss.csv"
 
 
 @dataclass
@@ -134,7 +140,7 @@ class Trainer:
         self.params, self.cfg, self.root = params, params.train, Path(root)
         seed_everything(params.seed)
         self.out = models_dir(params, root)
-        self.checkpoints = self.out / "checkpoints"
+        self.checkpoints = self.out / CHECKPOINTS
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
@@ -368,9 +374,9 @@ class Trainer:
         }
         reports = run_reports_dir(self.params, self.root)
         write_json_atomic(reports / TRAIN_METRICS, summary)
-        write_json_atomic(self.out / "resolved_params.json", self.params.to_dict())
+        write_json_atomic(self.out / RESOLVED_PARAMS, self.params.to_dict())
         _write_curve(reports / LOSS_PLOT, self.history)
-        tracker.artifact(self.out / "resolved_params.json")
+        tracker.artifact(self.out / RESOLVED_PARAMS)
         tracker.artifact(reports / TRAIN_METRICS, "metrics")
         tracker.artifact(final, "model")
         return self.out

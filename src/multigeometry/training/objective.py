@@ -15,23 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from multigeometry.geometry.cone import ConeParams
-from multigeometry.geometry.mixture import MixtureParams
+from multigeometry.geometry.distribution import Distribution, concat, select_rows
 from multigeometry.losses import Hierarchy, MainCriterion
-from multigeometry.models.pair_model import Distribution, PairModel
-
-
-def select_rows(dist: Distribution, rows: Tensor) -> Distribution:
-    return dist.map(lambda t: t[rows])
-
-
-def concat(parts: list[Distribution]) -> Distribution:
-    first = parts[0]
-    if isinstance(first, ConeParams):
-        return ConeParams(torch.cat([p.direction for p in parts]), torch.cat([p.theta for p in parts]))
-    assert isinstance(first, MixtureParams)
-    logvar = None if first.logvar is None else torch.cat([p.logvar for p in parts])  # type: ignore[misc]
-    return MixtureParams(torch.cat([p.logits for p in parts]), torch.cat([p.mu for p in parts]), logvar)
+from multigeometry.models.pair_model import PairModel
 
 
 def hierarchy_for_rows(batch: dict[str, Any], general: Distribution, keep: Tensor, side: str) -> Hierarchy | None:

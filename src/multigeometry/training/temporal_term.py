@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from multigeometry.geometry.distribution import select_rows
 from multigeometry.models.temporal import checked_rows, time_variants
-from multigeometry.training.objective import select_rows
 
 
 def temporal_term(model: Any, criterion: Any, batch: dict[str, Any]) -> Tensor | None:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from multigeometry.training.objective import TrainModule, concat
+from multigeometry.data.collate import to_device
+from multigeometry.evaluation.retrieval import positive_lists, rank_blocks, summarize
+from multigeometry.geometry.distribution import concat
+from multigeometry.training.objective import TrainModule
 
 
-def recall_at_1(similarity: Tensor, query_groups: Tensor, item_groups: Tensor) -> float:
-    """The share of queries whose best-scored item belongs to their group (any of a group's items counts)."""
-    best = similarity.argmax(dim=1)
-    return float((item_groups[best] == query_groups).float().mean())
+def recall_at_1(similarity: Tensor, query_groups: Tensor, item_groups: Tensor, block_size: int = 1024) -> float:
+    """R@1 of the queries (rows of `similarity`) that have a positive (an item of their group), with the evaluate
+    stage's ranks (`evaluation.retrieval`: ties counted against the model), so that `train.best_metric` and the
+    registry's gate measure the same thing; NaN when no query has a positive."""
+    lists = positive_lists(query_groups.to(similarity.device), item_groups.to(similarity.device))
+    rankings = rank_blocks(lambda i0, i1: similarity[i0:i1], lambda i0, i1: lists[i0:i1], similarity.shape[0],
+                           block_size)
+    return summarize(rankings, (1,)).get("R@1", float("nan"))
 
 
 @torch.no_grad()
@@ -44,19 +52,10 @@ def validate_model(module: TrainModule, batches: Iterable[dict[str, Any]], devic
         sim = module.criterion.similarity(concat(features[a]), concat(features[b]))
         for (q, i), s in (((a, b), sim), ((b, a), sim.T)):
             r = recall_at_1(s, all_groups, all_groups)
+            if math.isnan(r):
+                continue
             metrics[f"val/{q}_to_{i}/R@1"] = r
             recalls.append(r)
     if recalls:
         metrics["val/mean_R@1"] = sum(recalls) / len(recalls)
     return metrics
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    def move(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    return move(batch)

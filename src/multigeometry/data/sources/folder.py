@@ -34,6 +34,7 @@ from tqdm import tqdm
 from multigeometry.config import SPLITS
 from multigeometry.data.manifest import MANIFEST, ManifestRow
 from multigeometry.data.sources.media import audio_from_video
+from multigeometry.paths import PREPARE_STAMP
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ ID_COLUMNS = ("sample_id", "group_id", "split")
 KNOWN_COLUMNS = (*ID_COLUMNS, *MEDIA_COLUMNS, "text", "hierarchy")
 _LEVEL = re.compile(r"^level_(\d+)$")
 # names the prepare stage writes at the top of the staging folder; a media file may not take them
-_RESERVED = frozenset({MANIFEST, "prepare.json"})
+_RESERVED = frozenset({MANIFEST, PREPARE_STAMP})
 
 
 class PairsFileError(ValueError):

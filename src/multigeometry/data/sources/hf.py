@@ -53,9 +53,9 @@ from multigeometry.data.sources.media import (
     image_extension,
     media_path,
     media_stem,
-    video_extension,
     write_media,
 )
+from multigeometry.data.video import video_extension
 from multigeometry.data.sources.stdlib_code import code_without_docstring, first_paragraph
 
 if TYPE_CHECKING:

@@ -88,18 +88,6 @@ def audio_extension(data: bytes) -> str | None:
     return None
 
 
-def video_extension(data: bytes) -> str | None:
-    """The extension of an encoded video, from its magic number (MP4/MOV `ftyp`, Matroska/WebM EBML, AVI), or None."""
-    head = data[:64]
-    if head[4:8] == b"ftyp":
-        return "mov" if head[8:10] == b"qt" else "mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm" if b"webm" in head else "mkv"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "avi"
-    return None
-
-
 def audio_from_video(rows: list[Any], staging: Path) -> int:
     """Rows with a clip and no audio take the clip's audio track as their audio (the `audio` column names the clip;
     the audio path reads its track with PyAV) when it has one. A clip that does not open is left to validation.
