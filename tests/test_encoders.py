@@ -78,7 +78,7 @@ def _build(modality: str, cfg: EncoderConfig) -> ModalityEncoder:
 
 
 @pytest.mark.parametrize("input_kind", ["emb", "raw"])
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", [m for m in MODALITIES if m != "video"])  # video: tests/test_video_encoder.py
 def test_features_and_scratch_give_hidden_dim_and_train_every_parameter(modality: str, input_kind: str) -> None:
     torch.manual_seed(0)
     encoder = _build(modality, _cfg(input=input_kind, layers=2))

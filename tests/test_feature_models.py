@@ -235,8 +235,8 @@ def test_wrong_items_and_bad_names_are_clear_errors(tiny_bert: Path, tmp_path: P
     assert extractor.encode([]).shape == (0, 16)
     with pytest.raises(ValueError, match=r"features\.image\.model is empty"):
         load_extractor("image", _cfg(""), AUDIO)
-    with pytest.raises(ValueError, match="unknown modality 'video'"):
-        load_extractor("video", _cfg("all-minilm-l6-v2"), AUDIO)
+    with pytest.raises(ValueError, match="unknown modality 'smell'"):
+        load_extractor("smell", _cfg("all-minilm-l6-v2"), AUDIO)
     with pytest.raises(FileNotFoundError, match=r"features\.text\.model.*no such local path"):
         load_extractor("text", _cfg(str(tmp_path / "no" / "such")), AUDIO)
     (tmp_path / "empty").mkdir()

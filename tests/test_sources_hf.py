@@ -297,8 +297,8 @@ def test_unknown_column_is_an_error_that_lists_the_columns(tmp_path, staging):
     path, _ = flickr30k_parquet(tmp_path, ["train"])
     with pytest.raises(HFSourceError, match=r"data\.hf\.columns\.image.*'picture'.*'caption'"):
         hf_rows(staging, "parquet", HFConfig(columns={"image": "picture"}, data_files=(str(path),)))
-    with pytest.raises(HFSourceError, match=r"data\.hf\.columns: unknown modality key\(s\) \['video'\]"):
-        hf_rows(staging, "parquet", HFConfig(columns={"video": "image"}, data_files=(str(path),)))
+    with pytest.raises(HFSourceError, match=r"data\.hf\.columns: unknown modality key\(s\) \['smell'\]"):
+        hf_rows(staging, "parquet", HFConfig(columns={"smell": "image"}, data_files=(str(path),)))
     with pytest.raises(HFSourceError, match=r"layout 'code_docstring': no code and no text column.*columns\.code"):
         hf_rows(staging, "parquet", HFConfig(layout="code_docstring", data_files=(str(path),)))
 

@@ -99,6 +99,7 @@ def _model_inputs(parser: argparse.ArgumentParser, text_flag: str) -> None:
     group.add_argument("--image", metavar="PATH", help="an image file")
     group.add_argument("--audio", metavar="PATH", help="an audio file")
     group.add_argument("--code", metavar="FILE", help="a source file")
+    group.add_argument("--video", metavar="PATH", help="a video file (MP4, WebM, ...)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
 
 
@@ -126,7 +127,8 @@ def _embed(params: object, args: argparse.Namespace) -> None:
 
     from multigeometry.registry.tools import embed_one, format_summary, load_registered, one_record
 
-    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
+    record = one_record(args.text, args.image, args.audio, args.code, params.validate.code_max_bytes,  # type: ignore[attr-defined]
+                        args.video)
     row = embed_one(load_registered(params, args.model), record)  # type: ignore[arg-type]
     sys.stdout.write((json.dumps(row) if args.json else format_summary(row)) + "\n")
 
@@ -147,7 +149,8 @@ def _search(params: object, args: argparse.Namespace) -> None:
     for text in texts:
         if args.text == "-" and not text.strip():
             continue
-        record = one_record(text, args.image, args.audio, args.code, params.validate.code_max_bytes)  # type: ignore[attr-defined]
+        record = one_record(text, args.image, args.audio, args.code, params.validate.code_max_bytes,  # type: ignore[attr-defined]
+                            args.video)
         rows = query_index(params, model, index, record, args.k or cfg.search_k, args.target)  # type: ignore[arg-type]
         sys.stdout.write((json.dumps(rows) if args.json else format_results(rows)) + "\n")
         sys.stdout.flush()

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
-MODALITIES = ("image", "text", "audio", "code")
-Modality = Literal["image", "text", "audio", "code"]
+MODALITIES = ("image", "text", "audio", "code", "video")
+Modality = Literal["image", "text", "audio", "code", "video"]
 SPLITS = ("train", "val", "test")
 
 
@@ -115,6 +115,23 @@ class WorldConfig:
     clutter: int = bounded(0, min=0, max=200)  # undescribed background strokes and blots per image
     near_duplicates: float = bounded(0.0, min=0.0, max=1.0)  # share of items: the previous scene, one thing changed
     ambiguity: AmbiguityConfig = field(default_factory=AmbiguityConfig)  # corrupted samples, with ground truth
+    # a clip per item, its objects moving (left, right, up, down, grow, shrink, spin, still); the motion joins the
+    # captions at every level, the concepts and the speech. false: the world without motion, as before
+    video: bool = False
+    video_frames: int = bounded(8, min=2, max=256)  # frames per clip
+    video_fps: int = bounded(4, min=1, max=60)  # frames per second of the clips
+    video_size: int = bounded(64, min=16, max=1024)  # pixels per side of the clips (even: H.264 needs it)
+    video_format: Literal["mp4", "webm"] = "mp4"  # mp4: H.264 in MP4 | webm: VP9 in WebM; fixed settings, bit-exact
+    # the spoken caption goes into the clip as its audio track (AAC) and the row's audio is read from the clip
+    video_audio: bool = False
+
+    def __post_init__(self) -> None:
+        if self.video_size % 2:
+            raise ParamsError(f"data.world.video_size: {self.video_size} must be even (H.264 and VP9 store 4:2:0 "
+                              "colour, in 2x2 blocks)")
+        if self.video_audio and not (self.video and self.audio):
+            raise ParamsError("data.world.video_audio: true needs data.world.video and data.world.audio true (the "
+                              "spoken caption is the clip's audio track)")
 
 
 @dataclass(frozen=True)
@@ -183,6 +200,15 @@ class ValidateConfig:
     audio_max_seconds: float = bounded(30.0, min=0.0)  # and longer than this
     audio_min_rms: float = bounded(1e-4, min=0.0)  # quieter clips are quarantined as silent
     code_max_bytes: int = bounded(1_000_000, min=1)  # larger source files are quarantined unread
+    video_max_bytes: int = bounded(500_000_000, min=1)  # larger clips are quarantined unread
+    video_min_frames: int = bounded(2, min=1)  # clips with fewer decoded frames are quarantined (0 frames always)
+    video_max_frames: int = bounded(20_000, min=1)  # decoding stops here: longer clips are quarantined
+    video_min_seconds: float = bounded(0.1, min=0.0)  # clips shorter than this are quarantined
+    video_max_seconds: float = bounded(600.0, min=0.0)  # and longer than this
+    video_min_fps: float = bounded(1.0, min=0.0)  # clips with a lower frame rate are quarantined
+    video_max_fps: float = bounded(240.0, min=0.0)  # and with a higher one
+    video_min_side: int = bounded(16, min=1)  # frames smaller than this (px) are quarantined
+    video_max_pixels: int = bounded(3840 * 2160, min=1)  # per frame; refused from the header, before decoding
     data_docs: bool = True  # render Great Expectations' data docs into data/validated/<dataset>/data_docs
 
 
@@ -225,6 +251,7 @@ class FeatureModelConfig:
     pad_to_window: bool = False
     # audio with an ASR model (whisper-tiny.en-asr): the text model that embeds its transcripts
     transcript_model: str = "all-minilm-l6-v2"
+    image_size: int = bounded(0, min=0, max=1024)  # image and video, EfficientNet-Lite: the side it sees (0: its own)
 
 
 @dataclass(frozen=True)
@@ -237,6 +264,26 @@ class FeaturesConfig:
         default_factory=lambda: FeatureModelConfig(model="whisper-tiny.en", batch_size=16))
     code: FeatureModelConfig = field(  # code features
         default_factory=lambda: FeatureModelConfig(model="all-minilm-l6-v2", batch_size=64, max_tokens=256))
+    # video features: an image model (efficientnet-lite0 with image_size 112 suits small clips) on each of the
+    # video.feature_frames frames of a clip (T x D); "" = clips are stored in the shards without features
+    video: FeatureModelConfig = field(default_factory=lambda: FeatureModelConfig(model="", batch_size=64))
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Video decoding and frame sampling: which frames the shards embed and which of them an encoder sees."""
+
+    # frames of a clip the shard stage embeds (video.emb, T x D): the centres of as many equal segments of the clip
+    feature_frames: int = bounded(8, min=1, max=64)
+    # frames an encoder sees: one per equal segment of those (TSN-style), the centre one, or a random one in training
+    num_frames: int = bounded(4, min=1, max=64)
+    jitter: bool = True  # training: a random frame inside each segment instead of its centre
+    threads: int = bounded(2, min=0, max=64)  # FFmpeg decoding threads (0: FFmpeg's choice); frames are the same
+
+    def __post_init__(self) -> None:
+        if self.num_frames > self.feature_frames:
+            raise ParamsError(f"video.num_frames ({self.num_frames}) cannot exceed video.feature_frames "
+                              f"({self.feature_frames}): the encoder's frames are picked among the embedded ones")
 
 
 @dataclass(frozen=True)
@@ -244,6 +291,7 @@ class ShardConfig:
     max_samples: int = bounded(128, min=1)  # samples per shard at most
     max_bytes: int = bounded(64_000_000, min=1024)  # bytes per shard at most
     max_image_side: int = bounded(512, min=8)  # larger images are re-encoded to this side
+    max_video_side: int = bounded(512, min=16)  # larger clips are re-encoded (H.264, MP4) to this side
     workers: int = bounded(2, min=1, max=256)  # processes writing shards (the bytes do not depend on it)
     # a manifest without val rows: this fraction of the train groups becomes the val split (0: no val split)
     val_from_train: float = bounded(0.1, min=0.0, max=0.9)
@@ -335,6 +383,26 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class VideoEncoderConfig(EncoderConfig):
+    """The video encoder: a clip's frame features (video.emb, video.num_frames x dim) pooled over time by `temporal`
+    (CLIP4Clip's meanP or seqTransf), then the trunk and head as for the other modalities' features."""
+
+    # meanP: the mean of the frames (a bag of frames) | seqTransf: a small transformer with positions over them
+    temporal: Literal["meanP", "seqTransf"] = "seqTransf"
+    temporal_layers: int = bounded(1, min=1, max=12)  # seqTransf: transformer layers
+    temporal_heads: int = bounded(4, min=1, max=32)  # seqTransf: attention heads (they divide temporal_width)
+    temporal_width: int = bounded(128, min=4)  # seqTransf: its width; the frames are projected down, then back up
+
+    def __post_init__(self) -> None:
+        if self.temporal_width % self.temporal_heads:
+            raise ParamsError(f"model.video.temporal_heads ({self.temporal_heads}) must divide "
+                              f"model.video.temporal_width ({self.temporal_width})")
+        if self.input != "emb":
+            raise ParamsError("model.video.input: raw: no raw-frame backbone yet; the video encoder reads the shards' "
+                              "frame features (input: emb, with features.video.model set)")
+
+
+@dataclass(frozen=True)
 class ComposerConfig:
     """The compositional layer: a permutation-invariant network that maps the distributions of a compound's parts
     ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
@@ -358,6 +426,7 @@ class ModelConfig:
     audio: EncoderConfig = field(default_factory=EncoderConfig)  # the audio encoder
     # the code encoder: starts from the text model's space, which embeds the code too
     code: EncoderConfig = field(default_factory=lambda: EncoderConfig(init="identity"))
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)  # the video encoder
     n_components: int = bounded(2, min=1, max=64)  # mixture components K
     logvar_min: float = -12.0  # smallest per-dimension log-variance of a mixture component
     logvar_max: float = -3.0  # largest; the CSD sums variances over embed_dim: small beside squared distances (<= 4)
@@ -408,6 +477,9 @@ class LossConfig:
     aperture_gap: float = bounded(0.05, min=0.0)  # radians between a level's aperture and the next's
     # every geometry: InfoNCE of the items against each hierarchy level's descriptions, so middle levels are learned
     hierarchy_contrastive_weight: float = bounded(0.0, min=0.0)
+    # video-text pairs: cross-entropy of a caption against its clip played backwards and shuffled, and of a clip
+    # against its opposite-motion captions (rows with temporal contrasts), so that a temporal encoder uses the order
+    temporal_weight: float = bounded(0.5, min=0.0)
     gather_with_grad: bool = True  # gather features across ranks with gradients (OpenCLIP's --gather-with-grad)
     local_loss: bool = False  # each rank scores its own rows against all (OpenCLIP's --local-loss)
 
@@ -461,6 +533,9 @@ class EvalConfig:
     uncertainty_quantiles: tuple[int, ...] = _list([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])  # % most certain
     hierarchy: bool = True  # containment AUC and level-wise R@1 where the rows carry a hierarchy
     composition: bool = True  # R@1 of compose(parts) -> items beside the compound's caption, where rows have parts
+    # video/temporal_R@1: a caption against its clip played backwards and shuffled, a clip against its caption's
+    # opposite-motion contrasts (rows with a clip, a caption and temporal contrasts; evaluation/temporal.py)
+    temporal: bool = True
     # speech cascade baseline for audio-text pairs: an ASR model ("" = off) whose transcripts features.text embeds
     cascade: str = ""
     grid_queries: int = bounded(4, min=0)  # queries per direction in the top-k PNG grids (0: no grids)
@@ -544,6 +619,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     pairs: DatasetPairConfig = field(default_factory=DatasetPairConfig)

@@ -31,7 +31,16 @@ WIDTH = 120
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """`cls`'s field name -> its doc: the comment on its line, else the comment lines just above it."""
+    """`cls`'s field name -> its doc: the comment on its line, else the comment lines just above it; a field a
+    dataclass inherits has its base class's doc."""
+    inherited: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            inherited.update(field_docs(base))
+    return inherited | _own_field_docs(cls)
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     names = {f.name for f in dataclasses.fields(cls)}
     source = inspect.getsource(cls)
     trailing = {tok.start[0]: tok.string.lstrip("#").strip()

@@ -1,6 +1,7 @@
 """Audio decoding and log-mel features.
 
-`load_audio` decodes a file with soundfile (``torchaudio.load`` needs torchcodec), mixes it down to mono, resamples
+`load_audio` decodes a file with soundfile (``torchaudio.load`` needs torchcodec), or a video's audio track with PyAV
+(an MP4, WebM, ... in the `audio` column: `is_container`), mixes it down to mono, resamples
 it with torchaudio to ``audio.sample_rate`` and crops or pads it as the params say. `log_mel` computes the log-mel
 spectrogram with Whisper's conventions, so that with the default params (16 kHz, 80 mels, 25 ms window, 10 ms hop,
 0-8000 Hz) it equals what `transformers.WhisperFeatureExtractor` computes on the same unpadded waveform:
@@ -66,22 +67,16 @@ def load_audio(path: Path, cfg: AudioConfig) -> np.ndarray:
     read. With ``cfg.pad == "zeros"`` a shorter clip is zero-padded at the end to exactly ``cfg.max_seconds``.
     Raises `AudioDecodeError` naming the file when it cannot be decoded or holds no samples.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioDecodeError(f"{path}: audio file not found")
-    try:
-        info = sf.info(str(path))
-        src_rate = int(info.samplerate)
-        total = int(info.frames)
-        # Read a little more than needed at the source rate, so resampling has no edge effect at the crop's end.
+    if is_container(path):
+        data, src_rate = read_container_audio(path)
         keep_src = math.ceil(cfg.max_seconds * src_rate)
-        start = _crop_start(total, keep_src, cfg.crop)
-        stop = min(total, start + keep_src + 64) if total > 0 else None
-        data, read_rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
-        raise AudioDecodeError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+        start = _crop_start(data.shape[0], keep_src, cfg.crop)
+        data, read_rate = data[start : start + keep_src + 64], src_rate
+    else:
+        data, src_rate, read_rate = _read_soundfile(path, cfg)
     if data.size == 0:
         raise AudioDecodeError(f"{path}: the audio holds no samples")
     if read_rate != src_rate:  # pragma: no cover - soundfile reports the same rate twice
@@ -97,6 +92,52 @@ def load_audio(path: Path, cfg: AudioConfig) -> np.ndarray:
     if cfg.pad == "zeros" and wave.shape[0] < max_samples(cfg):
         wave = np.pad(wave, (0, max_samples(cfg) - wave.shape[0]))
     return wave
+
+
+CONTAINER_SUFFIXES = frozenset({".mp4", ".m4a", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".aac"})
+
+
+def is_container(path: Path) -> bool:
+    """A file whose audio is a track of a container (a video's soundtrack), read with PyAV rather than soundfile."""
+    return Path(path).suffix.lower() in CONTAINER_SUFFIXES
+
+
+def read_container_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The audio track of a container (an MP4's AAC, a WebM's Opus): float32 (n, channels) and the rate."""
+    from multigeometry.data.readers import MediaError
+    from multigeometry.data.video import read_audio_track
+
+    try:
+        return read_audio_track(Path(path), path)
+    except MediaError as e:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({e.detail})") from e
+
+
+def audio_seconds(path: Path) -> float:
+    """The duration of an audio file (or of a clip's audio track) in seconds, from its header where it has one."""
+    import soundfile as sf
+
+    if is_container(path):
+        data, rate = read_container_audio(path)
+        return data.shape[0] / rate
+    return float(sf.info(str(path)).duration)
+
+
+def _read_soundfile(path: Path, cfg: AudioConfig) -> tuple[np.ndarray, int, int]:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        src_rate = int(info.samplerate)
+        total = int(info.frames)
+        # Read a little more than needed at the source rate, so resampling has no edge effect at the crop's end.
+        keep_src = math.ceil(cfg.max_seconds * src_rate)
+        start = _crop_start(total, keep_src, cfg.crop)
+        stop = min(total, start + keep_src + 64) if total > 0 else None
+        data, read_rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+    return data, src_rate, int(read_rate)
 
 
 @functools.lru_cache(maxsize=8)

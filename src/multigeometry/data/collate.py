@@ -27,7 +27,9 @@ class Collator:
 
     The batch holds every modality the pairs name: images (B,3,S,S), audio log-mels padded to the longest (B,M,T)
     with `audio_lengths`, text and code tokenised (`input_ids`, `attention_mask`) with their raw strings, pretrained
-    features `<modality>.emb` (B,D), a `present` mask per modality, `group_ids` (B,) and the `pairs` to score with their
+    features `<modality>.emb` (B,D; a clip's sampled frames (B,T,D)), a `present` mask per modality, the rows'
+    temporal contrasts (`temporal_contrasts_*`, as the hierarchy's texts), `group_ids` (B,) and the `pairs` to score
+    with their
     weights — a pair is kept when at least two samples carry both its modalities. Text is tokenised only with
     `tokenize` (default: whenever `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`).
     """
@@ -139,9 +141,10 @@ class Collator:
                     batch[modality] = self._tokenize(raw)
             emb = f"{modality}.emb"
             if any(emb in e for e in examples):
-                dim = next(e[emb].shape[0] for e in examples if emb in e)
-                batch[emb] = torch.stack([e[emb] if emb in e else torch.zeros(dim) for e in examples])
+                shape = next(e[emb].shape for e in examples if emb in e)
+                batch[emb] = torch.stack([e[emb] if emb in e else torch.zeros(shape) for e in examples])
         self._hierarchy(examples, batch)
+        self._text_lists(examples, batch, "temporal_contrasts")
         batch["pairs"] = [
             (p.a, p.b, p.weight)
             for p in self.pairs.pairs

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from multigeometry.config import Params
 from multigeometry.data.decode import decode_members, to_example
+from multigeometry.data.frame_sampling import VideoSampler
 from multigeometry.data.reads import ALL_RAW_FIELDS, needs_tokens, unread_fields
 from multigeometry.data.shard_index import (
     INDEX,
@@ -70,6 +71,7 @@ class PairDataset(Dataset):
         self.raw_root = raw_dir(params, root)
         self.models = FeatureModels(params)
         self.transform = image_transform(params.loader.augment, train)
+        self.video = VideoSampler(params.video, train)
         self.normalization = normalization or {}
 
     def __len__(self) -> int:
@@ -81,7 +83,7 @@ class PairDataset(Dataset):
         row = self.rows[index]
         (members,) = encode_rows([row], self.raw_root, self.params, self.models)
         decoded = decode_members(members, f"{self.raw_root}:{row['sample_id']}", skip=unread_fields(self.params))
-        return to_example(decoded, self.transform, self.normalization)
+        return to_example(decoded, self.transform, self.normalization, self.video)
 
 
 class IterableStylePairDataset(IterableDataset):
@@ -120,6 +122,7 @@ class IterableStylePairDataset(IterableDataset):
         self._cache_budget = params.loader.cache_mb * 2**20
         self.epoch = 0
         self._transform = None
+        self.video = VideoSampler(params.video, train)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -155,8 +158,8 @@ class IterableStylePairDataset(IterableDataset):
             yield from decoded
 
     def _remember(self, url: str, decoded: list[dict[str, Any]]) -> None:
-        """Keep a shard's decoded samples for the next epochs when the model reads features only (no raw images or
-        log-mels: the samples are small) and the cache stays under `loader.cache_mb`; a worker process keeps its own."""
+        """Keep a shard's decoded samples for the next epochs when the model reads features only (no raw images,
+        log-mels or frames: the samples are small; frames are sampled from a clip's features after the cache) and the cache stays under `loader.cache_mb`; a worker process keeps its own."""
         if self.skip != ALL_RAW_FIELDS or self._cache_budget <= 0:
             return
         size = sum(v.nbytes for d in decoded for v in d.values() if isinstance(v, np.ndarray)) + 512 * len(decoded)
@@ -179,7 +182,7 @@ class IterableStylePairDataset(IterableDataset):
         for count, decoded in enumerate(stream):
             if limit is not None and count >= limit:
                 return
-            yield to_example(decoded, self._transform, self.normalization)
+            yield to_example(decoded, self._transform, self.normalization, self.video)
 
 
 def _shuffle(stream: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:

@@ -9,13 +9,18 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from multigeometry.data.images import to_rgb
 
-KNOWN = {"jpg", "png", "txt", "py", "flac", "npy", "json"}
+if TYPE_CHECKING:
+    from multigeometry.data.frame_sampling import VideoSampler
+
+KNOWN = {"jpg", "png", "txt", "py", "flac", "npy", "json", "mp4", "webm"}
+VIDEO_MEMBERS = ("video.mp4", "video.webm")
+DECODE_MAX_FRAMES = 100_000  # the shards' clips passed validation's limits; this only bounds a damaged one
 REFUSED = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt"}
 
 
@@ -26,8 +31,9 @@ class UnsafeMemberError(ValueError):
 def decode_members(
     members: dict[str, Any], source: str, keep_audio_bytes: bool = False, skip: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
-    """Members (`image.png`, `text.txt`, `audio.feat.npy`, `meta.json`, ...) -> decoded values by field name; the
-    fields in `skip` (`image`, `audio.feat`: see `data.reads.unread_fields`) are not decoded."""
+    """Members (`image.png`, `text.txt`, `audio.feat.npy`, `video.mp4`, `meta.json`, ...) -> decoded values by field
+    name; the fields in `skip` (`image`, `audio.feat`, `video`: see `data.reads.unread_fields`) are not decoded. A
+    clip decodes to all its frames, (N, H, W, 3) uint8."""
     from PIL import Image
 
     key = members.get("__key__", "?")
@@ -49,6 +55,13 @@ def decode_members(
             out["text"] = bytes(data).decode("utf-8")
         elif member == "code.py":
             out["code"] = bytes(data).decode("utf-8")
+        elif member in VIDEO_MEMBERS:
+            if "video" in skip:
+                continue
+            from multigeometry.data.video import read_frames
+
+            out["video"] = read_frames(bytes(data), max_frames=DECODE_MAX_FRAMES,
+                                       name=f"{source}: sample {key!r}: {member}")[0]
         elif member == "audio.flac":
             if keep_audio_bytes:
                 out["audio.flac"] = bytes(data)
@@ -67,9 +80,15 @@ def to_example(
     decoded: dict[str, Any],
     image_transform: Callable | None,
     normalization: dict[str, dict],
+    video: VideoSampler | None = None,
 ) -> dict[str, Any]:
-    """The sample dict: ids, hierarchy, and each modality ready for collation."""
+    """The sample dict: ids, hierarchy, and each modality ready for collation. A clip's frame features (`video.emb`,
+    F x D) become the `video.num_frames` frames `video` samples (default: `VideoConfig`'s, no jitter); its decoded
+    frames (`video`) stay out of the example: no encoder reads raw frames."""
     import torch
+
+    from multigeometry.config import VideoConfig
+    from multigeometry.data.frame_sampling import VideoSampler
 
     meta = decoded["meta"]
     example: dict[str, Any] = {
@@ -81,7 +100,11 @@ def to_example(
         "parts": meta.get("parts", []),
         "compound_level": meta.get("compound_level", -1),
         "ambiguity": meta.get("ambiguity", {}),
+        "temporal_contrasts": meta.get("temporal_contrasts", []),
     }
+    if "video.emb" in decoded:
+        sampler = video if video is not None else VideoSampler(VideoConfig())
+        example["video.emb"] = sampler.features(decoded["video.emb"])
     if "image" in decoded:
         image = decoded["image"]
         example["image"] = image_transform(image) if image_transform is not None else image
@@ -89,7 +112,7 @@ def to_example(
         if name in decoded:
             example[name] = decoded[name]
     for name, value in decoded.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and name not in ("video", "video.emb"):
             stats = normalization.get(name)
             tensor = torch.from_numpy(np.array(value, dtype=np.float32))
             if name == "audio.feat" and stats is not None:

@@ -12,6 +12,9 @@ shards' ``index.json``). Items by modality:
   blocks, head; ``-1`` = the 1280-channel head) pooled over space; any other model through `AutoImageProcessor` +
   `AutoModel` (ViT, CLIP/SigLIP vision towers, CNNs), ``cls`` = the model's pooler output for the last layer, the
   first token otherwise.
+- ``video``: ``list[np.ndarray]`` of a clip's frames (F, H, W, 3) uint8, the same F for every clip: the image model
+  of ``features.video`` (any model ``image`` takes) on every frame, ``.encode`` giving float32 ``(B, F, dim)``;
+  ``image_size`` sets the side EfficientNet-Lite sees (the clips are small: fewer pixels, less time).
 - ``audio``: ``list[np.ndarray]`` mono waveforms at ``audio.sample_rate``. Whisper encoders run on `log_mel` of the
   waveform at its own length, NOT padded to 30 s: the positional embeddings are sliced to the input's length (what
   Whisper's encoder would compute if it had been built for that length). Items run in batches of exactly equal
@@ -263,7 +266,7 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         if weights is None:
             raise FeatureModelError(f"{self.where}.model={cfg.model!r}: no efficientnet-lite<k>-*.pth in {path}")
         name = EFFICIENTNET_WEIGHTS.match(weights.name).group(1)  # type: ignore[union-attr]
-        self.image_size = int(EfficientNet.get_image_size(name))
+        self.image_size = int(cfg.image_size or EfficientNet.get_image_size(name))
         net = EfficientNet.from_name(name)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         result = net.load_state_dict(state, strict=False)
@@ -307,6 +310,9 @@ class HFImageExtractor(FeatureExtractor):
         super().__init__(modality, cfg, path)
         from transformers import AutoImageProcessor, AutoModel
 
+        if cfg.image_size:
+            raise FeatureModelError(f"{self.where}.image_size={cfg.image_size}: only EfficientNet-Lite models take "
+                                    f"another input size; {cfg.model!r} uses its own processor's (set it to 0)")
         self.processor = AutoImageProcessor.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
         if getattr(model, "vision_model", None) is not None and hasattr(model, "text_model"):
@@ -340,6 +346,44 @@ class HFImageExtractor(FeatureExtractor):
                 )
             hidden = hidden.flatten(2).transpose(1, 2)
         return pool_hidden(hidden, None, self.cfg.pooling)
+
+
+class VideoExtractor:
+    """A clip's frames through an image extractor: ``.encode(clips)`` -> float32 ``(B, F, dim)``, every frame of every
+    clip in one stream of batches (a frame's features do not depend on its batch-mates: the image models run in eval
+    mode, image by image)."""
+
+    def __init__(self, frames: FeatureExtractor) -> None:
+        self.frames = frames
+        self.modality = "video"
+        self.cfg = frames.cfg
+        self.dim = frames.dim
+
+    @property
+    def backend(self) -> str:
+        return self.frames.backend
+
+    @property
+    def spec(self) -> dict:
+        return {**self.frames.spec, "modality": "video", "layout": "[frames, dim]"}
+
+    def encode(self, clips: list) -> np.ndarray:
+        from PIL import Image
+
+        clips = list(clips)
+        for i, clip in enumerate(clips):
+            if not isinstance(clip, np.ndarray) or clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
+                raise TypeError(f"features.video: item #{i} is not a clip's frames (F, H, W, 3) uint8: "
+                                f"{type(clip).__name__} {getattr(clip, 'shape', '')}")
+        counts = {clip.shape[0] for clip in clips}
+        if len(counts) > 1:
+            raise ValueError(f"features.video: clips of {sorted(counts)} frames in one call; sample the same number "
+                             "from each (video.feature_frames)")
+        if not clips:
+            return np.zeros((0, 0, self.dim), dtype=np.float32)
+        images = [Image.fromarray(frame) for clip in clips for frame in clip]
+        flat = self.frames.encode(images)
+        return flat.reshape(len(clips), counts.pop(), self.dim)
 
 
 class _AudioExtractor(FeatureExtractor):
@@ -588,7 +632,7 @@ def _model_type(path: str) -> str:
     return str(getattr(AutoConfig.from_pretrained(path), "model_type", ""))
 
 
-def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfig) -> FeatureExtractor:
+def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfig) -> FeatureExtractor | VideoExtractor:
     """The frozen feature model that ``features.<modality>`` names, loaded on the CPU in eval mode."""
     if modality not in MODALITIES:
         raise ValueError(f"load_extractor: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
@@ -596,7 +640,7 @@ def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfi
     if not cfg.model:
         raise ValueError(f"{where}.model is empty: no pretrained features are configured for {modality}")
     entry = catalogue_entry(cfg.model)
-    if entry is not None and modality not in entry.modality:
+    if entry is not None and modality not in entry.modality and not (modality == "video" and "image" in entry.modality):
         log.warning("%s.model=%r is catalogued for %s, not %s", where, cfg.model, "/".join(entry.modality), modality)
     try:
         path = resolve_model(cfg.model, f"{where}.model")
@@ -615,6 +659,8 @@ def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfi
             "it as a Hugging Face hub id failed (no network, or HF_HUB_OFFLINE set?)"
         )
         raise FeatureModelError(f"{where}.model={cfg.model!r}: cannot load ({hint}): {type(e).__name__}: {e}") from e
+    if cfg.image_size and modality not in ("image", "video"):
+        raise FeatureModelError(f"{where}.image_size applies to image and video features; set it to 0")
     if cfg.pad_to_window and not isinstance(extractor, WhisperAudioExtractor):
         raise FeatureModelError(f"{where}.pad_to_window: only Whisper encoders have a fixed window; {cfg.model!r} is "
                                 f"a {extractor.backend} model (set {where}.pad_to_window: false)")
@@ -633,9 +679,17 @@ def load_extractor(modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfi
 
 def _build(
     modality: str, cfg: FeatureModelConfig, audio_cfg: AudioConfig, path: str, entry: CatalogueEntry | None
-) -> FeatureExtractor:
+) -> FeatureExtractor | VideoExtractor:
     if modality in ("text", "code"):
         return TextExtractor(modality, cfg, path)
+    if modality == "video":
+        if entry is not None and "image" not in entry.modality:
+            raise FeatureModelError(f"features.video.model={cfg.model!r} is a {'/'.join(entry.modality)} model; video "
+                                    "frames need an image model (e.g. efficientnet-lite0)")
+        frames = _build("image", cfg, audio_cfg, path, entry)
+        assert isinstance(frames, FeatureExtractor)
+        frames.modality = "video"
+        return VideoExtractor(frames)
     if modality == "image":
         if (entry is not None and entry.backend == "efficientnet-lite") or efficientnet_weights(Path(path)):
             return EfficientNetLiteExtractor(modality, cfg, path)

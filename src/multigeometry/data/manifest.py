@@ -2,7 +2,8 @@
 
 Columns:
 - `sample_id` (unique), `group_id` (samples describing the same thing share it), `split` (train/val/test);
-- `image`, `audio`, `code`: paths relative to the dataset folder, or None; `text`: the caption itself, or None;
+- `image`, `audio`, `code`, `video`: paths relative to the dataset folder, or None; `text`: the caption itself, or
+  None. `audio` may name a video file: its audio track is the row's audio (read with PyAV);
 - `hierarchy`: the row's more general descriptions, most general first (may be empty);
 - `concepts`: the concept set of the row's own description; `hierarchy_concepts`: one concept set per hierarchy
   level. "A is more general than B" is `concepts(A) ⊆ concepts(B)`, for any source: sources that know no concepts
@@ -13,6 +14,9 @@ Columns:
 - `ambiguity`: JSON, per modality the severity in [0, 1] of the ambiguity injected into the sample and the levels
   applied (the world's `data.world.ambiguity`), the ground truth of the uncertainty metrics; "" where the source
   records none.
+- `temporal_contrasts`: captions of what the row's clip shows when played backwards (the same objects with the
+  opposite motion: "... moving right" for "... moving left"), the distractors of the temporal check; empty where the
+  order of the frames says nothing the caption names.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worke
 
 COLUMNS = (
     "sample_id", "group_id", "split", *MODALITIES, "hierarchy", "concepts", "hierarchy_concepts", "parts",
-    "compound_level", "ambiguity",
+    "compound_level", "ambiguity", "temporal_contrasts",
 )
-LIST_COLUMNS = ("hierarchy", "concepts", "hierarchy_concepts", "parts")
+LIST_COLUMNS = ("hierarchy", "concepts", "hierarchy_concepts", "parts", "temporal_contrasts")
 
 
 @dataclass
@@ -45,12 +49,14 @@ class ManifestRow:
     text: str | None = None
     audio: str | None = None
     code: str | None = None
+    video: str | None = None
     hierarchy: list[str] = field(default_factory=list)
     concepts: list[str] = field(default_factory=list)
     hierarchy_concepts: list[list[str]] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     compound_level: int = -1
     ambiguity: str = ""
+    temporal_contrasts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.parts and not 0 <= self.compound_level < len(self.hierarchy):
@@ -120,6 +126,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     frame = pd.read_parquet(path)
     if "ambiguity" not in frame.columns:  # manifests written before sources could record injected ambiguity
         frame["ambiguity"] = ""
+    if "video" not in frame.columns:  # manifests written before video
+        frame["video"] = None
+        frame["temporal_contrasts"] = [[] for _ in range(len(frame))]
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}; expected {list(COLUMNS)}")

@@ -1,12 +1,13 @@
 """What the configured model reads from a sample, decided once from params: both dataset classes skip decoding raw
-images and log-mels that no encoder reads (an encoder with `input: emb` reads only the shards' `<modality>.emb`), and
+images, log-mels and clips' frames that no encoder reads (an encoder with `input: emb` reads only the shards' `<modality>.emb`), and
 the collator tokenises text only when a text or code encoder reads tokens (`input: raw`)."""
 
 from __future__ import annotations
 
 from multigeometry.config import Params
 
-RAW_FIELDS = {"image": "image", "audio": "audio.feat"}  # modality -> the decoded field its raw encoder reads
+# modality -> the decoded field its raw encoder reads
+RAW_FIELDS = {"image": "image", "audio": "audio.feat", "video": "video"}
 ALL_RAW_FIELDS = frozenset(RAW_FIELDS.values())
 
 
@@ -20,7 +21,7 @@ def needs_tokens(params: Params) -> bool:
 
 
 def unread_fields(params: Params) -> frozenset[str]:
-    """Decoded fields that no encoder of the configured pairs reads (raw images, log-mels)."""
+    """Decoded fields that no encoder of the configured pairs reads (raw images, log-mels, clips' frames)."""
     used = paired_modalities(params)
     return frozenset(
         field for modality, field in RAW_FIELDS.items()

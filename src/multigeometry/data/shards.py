@@ -74,23 +74,24 @@ class ShardPlan:
 
 
 def estimate_bytes(row: dict, raw_root: Path, params: Params, feature_dims: dict[str, int]) -> int:
-    """An upper bound of the sample's payload in its shard (re-encoding images only shrinks them)."""
-    import soundfile as sf
+    """An upper bound of the sample's payload in its shard (re-encoding images only shrinks them; a clip is counted
+    at its file's size, which re-encoding a larger clip at shard.max_video_side shrinks in practice)."""
+    from multigeometry.data.audio import audio_seconds
 
     total = 512  # meta.json
-    for modality in ("image", "code"):
+    for modality in ("image", "code", "video"):
         if isinstance(row.get(modality), str):
             total += (raw_root / row[modality]).stat().st_size
     if isinstance(row.get("text"), str):
         total += len(row["text"].encode())
     if isinstance(row.get("audio"), str):
-        info = sf.info(raw_root / row["audio"])
-        seconds = min(info.duration, params.audio.max_seconds)
+        duration = audio_seconds(raw_root / row["audio"])
+        seconds = min(duration, params.audio.max_seconds)
         total += int(seconds * params.audio.sample_rate * 2) + 1024  # FLAC of 16-bit PCM: at most the raw size
-        total += params.audio.n_mels * frames_for(info.duration, params.audio) * 4 + _NPY_HEADER
+        total += params.audio.n_mels * frames_for(duration, params.audio) * 4 + _NPY_HEADER
     for modality, dim in feature_dims.items():
         if isinstance(row.get(modality), str):
-            total += dim * 4 + _NPY_HEADER
+            total += dim * 4 * (params.video.feature_frames if modality == "video" else 1) + _NPY_HEADER
     return total
 
 
@@ -161,6 +162,7 @@ def meta_of(row: dict) -> dict[str, Any]:
         "hierarchy_concepts": [list(c) for c in (row.get("hierarchy_concepts") or [])],
         "parts": list(row.get("parts") or []),
         "compound_level": int(row.get("compound_level", -1)),
+        "temporal_contrasts": list(row.get("temporal_contrasts") or []),
         "ambiguity": json.loads(row["ambiguity"]) if isinstance(row.get("ambiguity"), str) and row["ambiguity"] else {},
     }
 
@@ -186,7 +188,11 @@ class FeatureModels:
         return self._extractors[modality]
 
     def specs(self) -> dict[str, dict]:
-        return {f"{m}.emb": self.get(m).spec for m in self.modalities}
+        specs = {f"{m}.emb": self.get(m).spec for m in self.modalities}
+        if "video.emb" in specs:  # which frames: the centres of feature_frames equal segments of each clip
+            specs["video.emb"] = {**specs["video.emb"], "frames": self.params.video.feature_frames,
+                                  "sampling": "segment centres"}
+        return specs
 
     def dims(self) -> dict[str, int]:
         return {m: int(self.get(m).spec["dim"]) for m in self.modalities}
@@ -225,16 +231,16 @@ def encode_rows(rows: Sequence[dict], raw_root: Path, params: Params, models: Fe
         for i, vector in zip(owners, features, strict=True):
             samples[i][f"{modality}.emb.npy"] = npy_bytes(np.asarray(vector, dtype=np.float32))
 
-    # the hierarchy's descriptions and the compound's parts are text too: with text features, each row also stores
-    # theirs ((L, D) and (P, D)), so that the entailment and composition terms and their metrics can embed them
-    # without the text model
+    # the hierarchy's descriptions, the compound's parts and the temporal contrasts are text too: with text features,
+    # each row also stores theirs ((L, D), (P, D), (C, D)), so that the entailment and composition terms and their
+    # metrics, and the temporal check, can embed them without the text model
     if "text" in models.modalities:
         for column in TEXT_LIST_COLUMNS:
             _text_list_features(samples, rows, column, models)
     return samples
 
 
-TEXT_LIST_COLUMNS = ("hierarchy", "parts")
+TEXT_LIST_COLUMNS = ("hierarchy", "parts", "temporal_contrasts")
 
 
 def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Params, inputs: dict[str, list]) -> None:
@@ -243,6 +249,7 @@ def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Para
 
     from multigeometry.data.audio import load_audio, log_mel
     from multigeometry.data.readers import read_code
+    from multigeometry.data.video import read_frames, video_member
 
     if isinstance(row.get("image"), str):
         name, data = image_member(raw_root / row["image"], params.shard.max_image_side,
@@ -259,6 +266,15 @@ def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Para
         sample["code.py"] = source.encode()
         if "code" in inputs:
             inputs["code"].append(source)
+    if isinstance(row.get("video"), str):
+        path = raw_root / row["video"]
+        limits = {"max_frames": params.validate.video_max_frames, "max_pixels": params.validate.video_max_pixels}
+        name, data = video_member(path, params.shard.max_video_side, limits, params.video.threads)
+        sample[name] = data
+        if "video" in inputs:  # the frames of the clip as stored, so that an input embeds as its shard sample
+            frames, _info = read_frames(data, params.video.feature_frames, threads=params.video.threads, name=path,
+                                        **limits)
+            inputs["video"].append(frames)
     if isinstance(row.get("audio"), str):
         wave = load_audio(raw_root / row["audio"], params.audio)
         sample["audio.flac"] = flac_bytes(wave, params.audio.sample_rate)

@@ -48,7 +48,8 @@ def read_spoken_split(shards_root: Path, split: str) -> SpokenSplit:
     for shard in index["splits"][split]["shards"]:
         url = str(Path(shards_root) / split / shard["name"])
         for members in wds.tarfile_samples([{"url": url}]):
-            decoded = decode_members(members, url, keep_audio_bytes=True, skip=frozenset({"image", "audio.feat"}))
+            decoded = decode_members(members, url, keep_audio_bytes=True,
+                                     skip=frozenset({"image", "audio.feat", "video"}))
             if "audio.flac" not in decoded or "text.emb" not in decoded:
                 continue
             wave, rate = sf.read(io.BytesIO(decoded["audio.flac"]), dtype="float32")

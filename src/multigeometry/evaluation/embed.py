@@ -16,6 +16,7 @@ from tqdm import tqdm
 from multigeometry.data.collate import Collator, to_device
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import Verify
+from multigeometry.evaluation.temporal import TemporalCollector, TemporalSet
 from multigeometry.geometry.distribution import Distribution, concat, device_of, family_of, select_rows
 from multigeometry.inference import TrainedModel
 
@@ -70,6 +71,7 @@ class SplitEmbeddings:
     texts: dict[str, list[str]] = field(default_factory=dict)  # raw text and code of every row ("" where absent)
     descriptions: Descriptions | None = None
     compositions: Compositions | None = None
+    temporal: TemporalSet | None = None  # the temporal check's rows (clips, captions, contrasts)
 
     def groups(self, modality: str) -> Tensor:
         return self.group_ids[self.rows[modality]]
@@ -132,6 +134,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
     desc_atoms: list[list[str]] = []
     desc_parts: list[Distribution] = []
     compounds = _CompoundCollector()
+    temporal = TemporalCollector() if {"video", "text"} <= set(modalities) else None
     use_concepts = True
     progress = tqdm(total=total, desc=f"embed {split}", unit="sample", disable=None)
     for batch in loader:
@@ -161,6 +164,8 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
         if general is not None:
             _collect_descriptions(batch, general, desc_index, desc_levels, desc_atoms, desc_parts)
             compounds.add(trained, batch, on_device, general)
+        if temporal is not None:
+            temporal.add(trained.model, batch, on_device)
         progress.update(n)
     progress.close()
     if not sample_ids:
@@ -187,6 +192,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
             dists=concat(desc_parts),
         )
     out.compositions = compounds.result(use_concepts)
+    out.temporal = temporal.result() if temporal is not None else None
     log.info(
         "embedded %d samples of %s (%s), %d distinct descriptions",
         len(sample_ids), split, ", ".join(f"{m}: {len(r)}" for m, r in out.rows.items()),

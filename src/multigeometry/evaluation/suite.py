@@ -28,6 +28,7 @@ from multigeometry.evaluation.retrieval import (
     slice_rows,
     summarize,
 )
+from multigeometry.evaluation.temporal import temporal_metrics
 from multigeometry.evaluation.uncertainty import (
     ambiguity_metrics,
     certain_recall,
@@ -136,6 +137,8 @@ def evaluate_split(
         result.metrics.update(hierarchy_metrics(trained, emb, cfg))
     if cfg.composition:
         result.metrics.update(composition_metrics(emb, trained.similarity, cfg.block_size))
+    if cfg.temporal and emb.temporal is not None:
+        result.metrics.update(temporal_metrics(emb.temporal, trained.similarity))
     return result
 
 

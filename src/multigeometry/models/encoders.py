@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from multigeometry.config import MODALITIES, EncoderConfig, ParamsError
+from multigeometry.config import MODALITIES, EncoderConfig, ParamsError, VideoEncoderConfig
 from multigeometry.models.backbones import (
     FeatureInput,
     FeatureMLP,
@@ -31,6 +31,7 @@ from multigeometry.models.backbones import (
     Trunk,
     load_backbone,
 )
+from multigeometry.models.temporal import make_temporal
 
 
 class ModalityEncoder(nn.Module, abc.ABC):
@@ -145,6 +146,28 @@ class AudioEncoder(ModalityEncoder):
         return self._get(batch, "audio"), self._get(batch, "audio_lengths")
 
 
+class VideoEncoder(ModalityEncoder):
+    """A clip's frame features (B, T, D), normalised, pooled over time (`model.video.temporal`: meanP or seqTransf),
+    then the trunk and adapter as for a single feature vector."""
+
+    modality = "video"
+
+    def __init__(self, trunk: Trunk, cfg: VideoEncoderConfig, norm: FeatureNorm | None, feature_dim: int) -> None:
+        super().__init__(trunk, cfg, norm)
+        self.temporal = make_temporal(cfg.temporal, feature_dim, cfg.temporal_width, cfg.temporal_layers,
+                                      cfg.temporal_heads, cfg.dropout)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        frames = self._get(batch, "video.emb")
+        if frames.dim() != 3:
+            raise ValueError(f"{self.where}: batch['video.emb'] must be frame features (batch, frames, dim), got shape "
+                             f"{tuple(frames.shape)}")
+        return self.adapter(self.trunk(self.temporal(self.norm(frames))))
+
+    def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        raise ParamsError(f"{self.where}.input: raw: the video encoder reads frame features only (input: emb)")
+
+
 ENCODERS: dict[str, type[ModalityEncoder]] = {
     cls.modality: cls for cls in (ImageEncoder, TextEncoder, AudioEncoder, CodeEncoder)
 }
@@ -239,4 +262,7 @@ def build_encoder(
         audio_normalization=audio_normalization,
     )
     norm = FeatureNorm(feature_norm, feature_dim, feature_stats) if cfg.input == "emb" and feature_dim else None
+    if modality == "video":
+        assert isinstance(cfg, VideoEncoderConfig) and feature_dim  # build_trunk refused a video encoder without them
+        return VideoEncoder(network, cfg, norm, feature_dim)
     return ENCODERS[modality](network, cfg, norm)

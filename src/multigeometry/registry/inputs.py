@@ -1,6 +1,6 @@
 """Raw inputs -> the model's distributions, through the same code the shard stage and the loaders use.
 
-A record is a dict with any of `text` (str), `image` and `audio` (bytes, or a path), `code` (source text). Each
+A record is a dict with any of `text` (str), `image`, `audio` and `video` (bytes, or a path), `code` (source text). Each
 record becomes the row the shard stage would have read (`data.shards.encode_rows`: image re-encoding, audio decoding
 and log-mels, pretrained features), is decoded as a shard member (`data.decode`), normalised with the training
 shards' statistics, and collated (`data.collate.Collator`), so that an input embeds exactly as the same sample in
@@ -25,7 +25,7 @@ from multigeometry.inference import TrainedModel
 
 log = logging.getLogger(__name__)
 
-MEDIA = ("image", "audio")  # bytes or a path
+MEDIA = ("image", "audio", "video")  # bytes or a path
 
 
 class InputError(ValueError):
@@ -59,7 +59,8 @@ class RawEmbedder:
 
     def __init__(self, trained: TrainedModel) -> None:
         from multigeometry.data.collate import Collator
-        from multigeometry.data.reads import needs_tokens
+        from multigeometry.data.frame_sampling import VideoSampler
+        from multigeometry.data.reads import needs_tokens, unread_fields
         from multigeometry.data.shards import FeatureModels
         from multigeometry.data.transforms import image_transform
 
@@ -67,6 +68,8 @@ class RawEmbedder:
         params = trained.params
         self.features = FeatureModels(params)
         self.transform = image_transform(params.loader.augment, train=False)
+        self.video = VideoSampler(params.video, train=False)
+        self.skip = unread_fields(params)
         self.collator = Collator(params.pairs, params.loader, trained.tokenizer, tokenize=needs_tokens(params))
         self.normalization = trained.index.get("normalization", {})
 
@@ -105,6 +108,8 @@ class RawEmbedder:
 
     def _rows(self, records: Sequence[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
         """The manifest rows `encode_rows` reads: media as files (bytes are written under `tmp`), code as a file."""
+        from multigeometry.data.video import video_extension
+
         rows = []
         for i, record in enumerate(records):
             row: dict[str, Any] = {"sample_id": f"input-{i}", "group_id": f"input-{i}", "split": "input"}
@@ -119,7 +124,10 @@ class RawEmbedder:
                     path.write_text(value, encoding="utf-8")
                     row[m] = str(path)
                 elif isinstance(value, (bytes, bytearray)):
-                    path = tmp / f"{i}.{m}"
+                    # a clip (or a soundtrack in one) keeps its container's extension: PyAV reads it, and an MP4 or
+                    # WebM is embedded as the shards store it, not re-encoded
+                    ext = video_extension(bytes(value)) if m in ("video", "audio") else None
+                    path = tmp / (f"{i}.{m}.{ext}" if ext else f"{i}.{m}")
                     path.write_bytes(bytes(value))
                     row[m] = str(path)
                 else:
@@ -148,7 +156,8 @@ class RawEmbedder:
                         raise InputError(f"row {i} ({', '.join(media)}): cannot read the input: {e}") from e
                 raise
             for i, members in enumerate(encoded):
-                out.append(to_example(decode_members(members, f"input row {i}"), self.transform, self.normalization))
+                out.append(to_example(decode_members(members, f"input row {i}", skip=self.skip), self.transform,
+                                      self.normalization, self.video))
         return out
 
     @torch.no_grad()

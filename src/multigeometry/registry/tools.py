@@ -27,14 +27,17 @@ def load_registered(params: Params, uri: str, root: Path = Path(".")) -> Any:
 
 
 def one_record(text: str | None = None, image: str | None = None, audio: str | None = None,
-               code: str | None = None, code_max_bytes: int = ValidateConfig().code_max_bytes) -> dict[str, Any]:
+               code: str | None = None, code_max_bytes: int = ValidateConfig().code_max_bytes,
+               video: str | None = None) -> dict[str, Any]:
     """A single input from the command line; `code` is a FILE whose source is embedded (UTF-8, at most
-    `code_max_bytes`, read as the shard stage reads code)."""
-    given = {k: v for k, v in {"text": text, "image": image, "audio": audio, "code": code}.items() if v is not None}
+    `code_max_bytes`, read as the shard stage reads code); `image`, `audio` and `video` are files."""
+    given = {k: v for k, v in {"text": text, "image": image, "audio": audio, "code": code, "video": video}.items()
+             if v is not None}
     if len(given) != 1:
-        raise ValueError(f"give exactly one input (--text, --image, --audio or --code); got {sorted(given) or 'none'}")
+        raise ValueError("give exactly one input (--text, --image, --audio, --code or --video); got "
+                         f"{sorted(given) or 'none'}")
     (modality, value), = given.items()
-    if modality in ("image", "audio", "code"):
+    if modality in ("image", "audio", "code", "video"):
         path = Path(value).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--{modality} {value}: no such file")

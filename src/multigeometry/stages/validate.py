@@ -87,6 +87,11 @@ REASON_KNOBS = {
     "audio_silent": "validate.audio_min_rms",
     "image_too_small": "validate.image_min_side",
     "text_length": "validate.text_min_chars, validate.text_max_chars",
+    "video_frames": "validate.video_min_frames, validate.video_max_frames",
+    "video_duration": "validate.video_min_seconds, validate.video_max_seconds",
+    "video_frame_rate": "validate.video_min_fps, validate.video_max_fps",
+    "video_too_small": "validate.video_min_side",
+    "video_too_large": "validate.video_max_pixels, validate.video_max_bytes",
 }
 
 

@@ -58,7 +58,7 @@ def mix_features(batch: dict[str, Any], modalities: list[str], share: float,
     out = dict(batch)
     for m in mixed_modalities:
         x = batch[f"{m}.emb"]
-        w = lam.to(x.device, x.dtype)[:, None]
+        w = lam.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, D) features, or a clip's (B, T, D)
         out[f"{m}.emb"] = w * x + (1 - w) * x[partner.to(x.device)]
     return out, (lam.to(device), partner.to(device))
 
@@ -103,6 +103,14 @@ class TrainModule(nn.Module):
                 share = 1 if cached is None else len(cached)
                 terms["composition"] = composition.detach()
                 terms["loss"] = terms["loss"] + weight * composition / share
+        if self.criterion.cfg.temporal_weight > 0:
+            from multigeometry.training.temporal_term import temporal_term
+
+            temporal = temporal_term(self.model, self.criterion, batch)
+            if temporal is not None:  # local to this micro-batch, as the composition term
+                share = 1 if cached is None else len(cached)
+                terms["temporal"] = temporal.detach()
+                terms["loss"] = terms["loss"] + self.criterion.cfg.temporal_weight * temporal / share
         return terms
 
     def _composition(self, batch: dict[str, Any], general: Distribution | None) -> Tensor | None:

@@ -33,8 +33,10 @@ def validate_model(module: TrainModule, batches: Iterable[dict[str, Any]], devic
     groups: list[Tensor] = []
     pairs: list[tuple[str, str, float]] = []
     for batch in batches:
+        if not batch["pairs"]:  # a last batch of one sample scores no pair: its rows would have no features
+            continue
         batch = to_device(batch, device)
-        pairs = batch["pairs"] or pairs
+        pairs = batch["pairs"]
         for name, value in module(batch).items():
             losses.setdefault(name, []).append(float(value))
         for m, dist in module.features(batch).items():

@@ -5,7 +5,8 @@ these columns, every one optional but at least one modality a row:
 
 - `sample_id` (default: `row<line number>`), `group_id` (default: the sample id), `split` (`train`, `val` or
   `test`; left empty, the split is assigned per group);
-- `image`, `audio`, `code`: paths relative to the folder; `text`: the caption itself;
+- `image`, `audio`, `code`, `video`: paths relative to the folder; `text`: the caption itself. A row with a `video`
+  whose clip has an audio track and no `audio` of its own takes the track as its audio;
 - the hierarchy, most general first, either as `hierarchy` (a JSON list; in `pairs.csv` a JSON list in the cell) or
   as `level_0`, `level_1`, ... columns (a row may stop early: its levels end at the first empty one).
 
@@ -32,12 +33,13 @@ from tqdm import tqdm
 
 from multigeometry.config import SPLITS
 from multigeometry.data.manifest import MANIFEST, ManifestRow
+from multigeometry.data.sources.media import audio_from_video
 from multigeometry.paths import PREPARE_STAMP
 
 log = logging.getLogger(__name__)
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
-MEDIA_COLUMNS = ("image", "audio", "code")
+MEDIA_COLUMNS = ("image", "audio", "code", "video")
 ID_COLUMNS = ("sample_id", "group_id", "split")
 KNOWN_COLUMNS = (*ID_COLUMNS, *MEDIA_COLUMNS, "text", "hierarchy")
 _LEVEL = re.compile(r"^level_(\d+)$")
@@ -230,7 +232,7 @@ def folder_rows(staging: Path, folder: Path) -> list[ManifestRow]:
             media[column] = _media_path(root, pairs, line_no, column, value) if value else None
         text = _string(pairs, line_no, "text", record.get("text"))
         if text is None and not any(media.values()):
-            raise PairsFileError(f"{pairs}, line {line_no}: the row has none of image, text, audio, code")
+            raise PairsFileError(f"{pairs}, line {line_no}: the row has none of image, text, audio, code, video")
         rows.append(
             ManifestRow(
                 sample_id=sample_id,
@@ -256,5 +258,7 @@ def folder_rows(staging: Path, folder: Path) -> list[ManifestRow]:
     if missing:
         log.warning("folder: %d of %d media files named in %s do not exist; their rows keep the paths and will be "
                     "quarantined by validation", missing, len(wanted), pairs)
+    if tracks := audio_from_video(rows, staging):
+        log.info("folder: %d rows take their audio from their clip's audio track", tracks)
     log.info("folder: %d rows, %d media files from %s", len(rows), len(wanted) - missing, pairs)
     return rows

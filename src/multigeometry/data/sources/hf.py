@@ -17,7 +17,9 @@ Layouts (`data.hf.layout`) give default columns; `data.hf.columns` (modality -> 
 
 Media are written as they are stored: an `Image` column is read with `Image(decode=False)` and its encoded bytes are
 written unchanged (extension from the format), an `Audio` column is read with `Audio(decode=False)` (datasets 5 decodes
-audio with torchcodec, which this project does not use) and its bytes written or its file copied, extension kept.
+audio with torchcodec, which this project does not use) and its bytes written or its file copied, extension kept; a
+`video` column (a `Video` feature read with `Video(decode=False)`, bytes, a path, or {bytes, path}) likewise, and a row
+with a clip but no audio takes the clip's audio track, when it has one, as its audio.
 Only media that arrive decoded (arrays, PIL images without bytes) are encoded here (PNG, FLAC).
 
 Splits: from `data.hf.split_column` (or the layout's) if set, else from the dataset's own splits when it has several;
@@ -33,7 +35,7 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,7 @@ from multigeometry.config import MODALITIES, SPLITS, HFConfig
 from multigeometry.data.manifest import ManifestRow
 from multigeometry.data.sources.media import (
     audio_extension,
+    audio_from_video,
     copy_media,
     encode_audio,
     encode_image,
@@ -52,6 +55,7 @@ from multigeometry.data.sources.media import (
     media_stem,
     write_media,
 )
+from multigeometry.data.video import video_extension
 from multigeometry.data.sources.stdlib_code import code_without_docstring, first_paragraph
 
 if TYPE_CHECKING:
@@ -125,6 +129,7 @@ class Plan:
     image: str | None = None
     audio: str | None = None
     code: str | None = None
+    video: str | None = None
     text: tuple[str, ...] = ()
     split: str | None = None
     group: str | None = None
@@ -132,7 +137,7 @@ class Plan:
     code_docstring: bool = False
 
     def columns(self) -> list[str]:
-        named = [self.image, self.audio, self.code, *self.text, self.split, self.group, *self.hierarchy]
+        named = [self.image, self.audio, self.code, self.video, *self.text, self.split, self.group, *self.hierarchy]
         return list(dict.fromkeys(c for c in named if c))
 
 
@@ -336,6 +341,7 @@ def plan_columns(cfg: HFConfig, available: list[str]) -> Plan:
         image=chosen.get("image", (None,))[0],
         audio=chosen.get("audio", (None,))[0],
         code=chosen.get("code", (None,))[0],
+        video=chosen.get("video", (None,))[0],
         text=chosen.get("text", ()),
         split=split,
         group=group,
@@ -421,6 +427,17 @@ def _is_local_file(path: str | None) -> bool:
     return bool(path) and "://" not in path and Path(path).is_file()
 
 
+def _bytes_or_path(value: Any) -> tuple[bytes | None, str | None] | None:
+    """Encoded media as a dataset hands them out ({bytes, path}, bytes, or a path): (bytes, path); None otherwise."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        return value.get("bytes"), value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    if isinstance(value, str):
+        return None, value
+    return None
+
+
 class MediaWriter:
     """Writes one dataset row's image/audio/code into the staging folder; counts media that are missing."""
 
@@ -440,17 +457,12 @@ class MediaWriter:
 
         if value is None:
             return None
-        data, path = None, None
-        if isinstance(value, dict) and ("bytes" in value or "path" in value):
-            data, path = value.get("bytes"), value.get("path")
-        elif isinstance(value, (bytes, bytearray)):
-            data = bytes(value)
-        elif isinstance(value, str):
-            path = value
-        elif isinstance(value, Image.Image) or hasattr(value, "__array__") or isinstance(value, list):
+        given = _bytes_or_path(value)
+        if given is None and (isinstance(value, Image.Image) or hasattr(value, "__array__") or isinstance(value, list)):
             return write_media(self.staging, "image", stem, encode_image(value), "png")
-        else:
+        if given is None:
             raise HFSourceError(f"hf: {where}: cannot read an image from a {type(value).__name__}")
+        data, path = given
         if data:
             ext = image_extension(data) or (Path(path).suffix.lstrip(".") if path else "") or "bin"
             return write_media(self.staging, "image", stem, data, ext)
@@ -479,15 +491,30 @@ class MediaWriter:
             path = value
         else:
             raise HFSourceError(f"hf: {where}: cannot read audio from a {type(value).__name__}")
+        return self._store("audio", stem, data, path, where, audio_extension)
+
+    def video(self, value: Any, stem: str, where: str) -> str | None:
+        if value is None:
+            return None
+        given = _bytes_or_path(value)
+        if given is None:
+            raise HFSourceError(f"hf: {where}: cannot read a video from a {type(value).__name__} (give its encoded "
+                                "bytes or a path; a decoded clip is not re-encoded)")
+        return self._store("video", stem, *given, where, video_extension)
+
+    def _store(self, modality: str, stem: str, data: bytes | None, path: str | None, where: str,
+               sniff: Callable[[bytes], str | None]) -> str:
+        """Encoded bytes written, or a local file copied, under the path's extension or the one its magic number
+        tells; a path where nothing is, when there are neither."""
         suffix = Path(path).suffix.lstrip(".") if path else ""
         if data:
-            return write_media(self.staging, "audio", stem, data, suffix or audio_extension(data) or "bin")
+            return write_media(self.staging, modality, stem, data, suffix or sniff(data) or "bin")
         if _is_local_file(path):
             source = Path(path)
             with source.open("rb") as f:
-                head = f.read(16)
-            return copy_media(self.staging, "audio", stem, source, suffix or audio_extension(head) or "bin")
-        return self._missing("audio", stem, path, where)
+                head = f.read(64)
+            return copy_media(self.staging, modality, stem, source, suffix or sniff(head) or "bin")
+        return self._missing(modality, stem, path, where)
 
     def code(self, value: Any, stem: str, strip_docstring: bool) -> str | None:
         if value is None:
@@ -505,16 +532,18 @@ class MediaWriter:
 
 
 def _prepared(ds: Dataset, plan: Plan) -> Dataset:
-    """Only the planned columns, with Image and Audio columns set to hand out their stored bytes or paths."""
-    from datasets import Audio, Image
+    """Only the planned columns, with Image, Audio and Video columns set to hand out their stored bytes or paths."""
+    from datasets import Audio, Image, Video
 
     ds = ds.select_columns(plan.columns())
-    for column in (plan.image, plan.audio):
+    for column in (plan.image, plan.audio, plan.video):
         feature = ds.features.get(column) if column else None
         if isinstance(feature, Image) and feature.decode:
             ds = ds.cast_column(column, Image(decode=False))
         elif isinstance(feature, Audio) and feature.decode:
             ds = ds.cast_column(column, Audio(decode=False))
+        elif isinstance(feature, Video) and feature.decode:
+            ds = ds.cast_column(column, Video(decode=False))
     return ds
 
 
@@ -591,6 +620,7 @@ def hf_rows(staging: Path, name: str, cfg: HFConfig) -> list[ManifestRow]:
             image = writer.image(example[plan.image], stem, where) if plan.image else None
             audio = writer.audio(example[plan.audio], stem, where) if plan.audio else None
             code = writer.code(example[plan.code], stem, plan.code_docstring) if plan.code else None
+            video = writer.video(example[plan.video], stem, where) if plan.video else None
             for c, text in enumerate(texts):
                 rows.append(
                     ManifestRow(
@@ -601,6 +631,7 @@ def hf_rows(staging: Path, name: str, cfg: HFConfig) -> list[ManifestRow]:
                         text=text,
                         audio=audio,
                         code=code,
+                        video=video,
                         hierarchy=list(hierarchy),
                     )
                 )
@@ -610,5 +641,7 @@ def hf_rows(staging: Path, name: str, cfg: HFConfig) -> list[ManifestRow]:
     if writer.missing:
         log.warning("hf: %d media items had neither bytes nor a local file; validation will quarantine their rows",
                     writer.missing)
+    if tracks := audio_from_video(rows, staging):
+        log.info("hf: %d rows take their audio from their clip's audio track", tracks)
     log.info("hf: %d rows from %s", len(rows), name)
     return rows

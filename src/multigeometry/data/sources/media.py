@@ -88,6 +88,26 @@ def audio_extension(data: bytes) -> str | None:
     return None
 
 
+def audio_from_video(rows: list[Any], staging: Path) -> int:
+    """Rows with a clip and no audio take the clip's audio track as their audio (the `audio` column names the clip;
+    the audio path reads its track with PyAV) when it has one. A clip that does not open is left to validation.
+    Returns the number of rows that got one."""
+    from multigeometry.data.readers import MediaError
+    from multigeometry.data.video import probe
+
+    given = 0
+    for row in rows:
+        if row.video and not row.audio and (staging / row.video).is_file():
+            try:
+                has_audio = probe(staging / row.video).has_audio
+            except MediaError:
+                continue
+            if has_audio:
+                row.audio = row.video
+                given += 1
+    return given
+
+
 def encode_image(image: Any) -> bytes:
     """PNG bytes of a PIL image or an array (H×W, H×W×C); for media that arrive decoded, with no file to keep."""
     from PIL import Image

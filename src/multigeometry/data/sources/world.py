@@ -2,7 +2,11 @@
 
 Every item is one scene with an image, captions at four levels of generality, the most specific caption spoken by
 eSpeak NG, and a program that draws it. The most specific caption is the row's text; the three more general ones are
-its hierarchy.
+its hierarchy. With `data.world.video`, the scene's objects move (its motion joins every caption, the concepts, the
+speech and the program), and the item has a clip of them moving (`data/video.py`: H.264 in MP4 or VP9 in WebM, bit
+for bit the same for the same seed); a row whose motion has an opposite also carries the caption of the clip played
+backwards (`temporal_contrasts`). The motion, the clip and its ambiguity draw from streams of their own, so the image,
+the voice and the other draws of an item are those of the world without video.
 """
 
 from __future__ import annotations
@@ -18,19 +22,32 @@ from tqdm import tqdm
 
 from multigeometry.config import WorldConfig
 from multigeometry.data.manifest import ManifestRow
-from multigeometry.data.world.ambiguity import corrupt_audio, corrupt_image, dropped_attributes, record, severities
+from multigeometry.data.video import encode_clip
+from multigeometry.data.world.ambiguity import (
+    corrupt_audio,
+    corrupt_clip,
+    corrupt_image,
+    dropped_attributes,
+    record,
+    severities,
+    video_severity,
+)
 from multigeometry.data.world.program import program
-from multigeometry.data.world.render import place, render
+from multigeometry.data.world.render import place, render, render_clip
 from multigeometry.data.world.scene import (
     COMPOUND_LEVEL,
-    Scene,
     LEVELS,
+    MOTION_PHRASES,
+    Scene,
     caption,
     level_concepts,
     near_duplicate,
     parts,
+    sample_motion,
     sample_scene,
+    temporal_contrasts,
     vague_caption,
+    with_motion,
 )
 from multigeometry.data.world.speech import LANGUAGES, VOICE_VARIANTS, Voice, speak
 
@@ -62,6 +79,8 @@ def scene_of(cfg: WorldConfig, seed: int, index: int) -> Scene:
     while _is_near_duplicate(cfg, seed, start):
         start -= 1
     scene = sample_scene(np.random.default_rng([seed, start]), cfg.max_objects, cfg.textures)
+    if cfg.video:
+        scene = sample_motion(scene, np.random.default_rng([seed, start, 5]))
     for i in range(start + 1, index + 1):
         scene = near_duplicate(scene, np.random.default_rng([seed, i, 2]))
     return scene
@@ -70,10 +89,14 @@ def scene_of(cfg: WorldConfig, seed: int, index: int) -> Scene:
 def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[ManifestRow]:
     """Write one item's media under `staging` and return its rows (one per caption paraphrase)."""
     rng = np.random.default_rng([seed, index])
+    motion_rng = np.random.default_rng([seed, index, 5])  # the motion and its phrasing: a stream of their own
     gid = item_id(index)
     scene = sample_scene(rng, cfg.max_objects, cfg.textures)
+    if cfg.video:
+        scene = sample_motion(scene, motion_rng)
     if _is_near_duplicate(cfg, seed, index):
         scene = scene_of(cfg, seed, index)
+    phrasing = int(motion_rng.integers(len(MOTION_PHRASES["left"])))
     placements = place(scene, cfg.image_size, rng)
 
     image = render(scene, placements, cfg.image_size, cfg.noise, rng, cfg.clutter)
@@ -87,19 +110,22 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
     (staging / image_path).write_bytes(buf.getvalue())
 
     code_path = f"code/{gid}.py"
-    (staging / code_path).write_text(program(scene, placements, cfg.image_size, rng))
+    clip = (cfg.video_frames, cfg.video_fps) if cfg.video else None
+    (staging / code_path).write_text(program(scene, placements, cfg.image_size, rng, clip))
 
     captions = [caption(scene, LEVELS - 1, rng) for _ in range(cfg.captions_per_item)]
     dropped = dropped_attributes(scene, severity["text"], cfg.ambiguity, amb_rng)
     if dropped:
         captions = [vague_caption(scene, dropped, amb_rng) for _ in captions]
-    hierarchy = [caption(scene, level, rng) for level in range(LEVELS - 1)]
+    contrasts = [temporal_contrasts(c, scene, LEVELS - 1, phrasing) for c in captions]
+    captions = [with_motion(c, scene, LEVELS - 1, phrasing) for c in captions]
+    hierarchy = [with_motion(caption(scene, level, rng), scene, level, phrasing) for level in range(LEVELS - 1)]
     hierarchy_concepts = [level_concepts(scene, level) for level in range(LEVELS - 1)]
     concepts = level_concepts(scene, LEVELS - 1)
     # a stream of its own, so that adding parts changed none of the other media of an item
     compound_parts = parts(scene, np.random.default_rng([seed, index, 1]))
 
-    audio_path, audio_levels = None, {}
+    audio_path, audio_levels, samples = None, {}, None
     if cfg.audio:
         audio_path = f"audio/{gid}.flac"
         samples = speak(captions[0], random_voice(rng), cfg.audio_sample_rate)
@@ -109,7 +135,21 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
                 other = sample_scene(amb_rng, cfg.max_objects, cfg.textures)
                 babble = speak(caption(other, LEVELS - 1, amb_rng), random_voice(amb_rng), cfg.audio_sample_rate)
             samples, audio_levels = corrupt_audio(samples, severity["audio"], cfg.ambiguity, amb_rng, babble)
-        sf.write(staging / audio_path, samples, cfg.audio_sample_rate, format="FLAC", subtype="PCM_16")
+        if not cfg.video_audio:
+            sf.write(staging / audio_path, samples, cfg.audio_sample_rate, format="FLAC", subtype="PCM_16")
+
+    video_path, video_levels = None, {}
+    if cfg.video:
+        video_path = f"video/{gid}.{cfg.video_format}"
+        frames = render_clip(scene, placements, cfg.image_size, cfg.video_size, cfg.video_frames, cfg.noise,
+                             np.random.default_rng([seed, index, 6]))
+        severity["video"] = video_severity(severity, np.random.default_rng([seed, index, 7]))
+        frames, video_levels = corrupt_clip(frames, severity["video"], cfg.ambiguity, [seed, index, 8])
+        track = samples if cfg.video_audio else None
+        (staging / video_path).write_bytes(encode_clip(frames, cfg.video_fps, cfg.video_format, track,
+                                                       cfg.audio_sample_rate))
+        if cfg.video_audio:  # the row's audio is the clip's own track, read through the audio path
+            audio_path = video_path
 
     return [
         ManifestRow(
@@ -119,13 +159,15 @@ def make_item(staging: Path, cfg: WorldConfig, seed: int, index: int) -> list[Ma
             text=text,
             audio=audio_path,
             code=code_path,
+            video=video_path,
             hierarchy=list(hierarchy),
             concepts=list(concepts),
             hierarchy_concepts=[list(c) for c in hierarchy_concepts],
             parts=list(compound_parts),
             compound_level=COMPOUND_LEVEL,
-            ambiguity=record(severity, {"image": image_levels, "audio": audio_levels,
+            ambiguity=record(severity, {"image": image_levels, "audio": audio_levels, "video": video_levels,
                                         "text": {"dropped": list(dropped)} if dropped else {}}),
+            temporal_contrasts=list(contrasts[c]),
         )
         for c, text in enumerate(captions)
     ]
@@ -143,7 +185,7 @@ def _make_block(args: tuple[Path, WorldConfig, int, int, int]) -> list[list[Mani
 
 
 def world_rows(staging: Path, cfg: WorldConfig, seed: int) -> list[ManifestRow]:
-    for sub in ("image", "code", "audio"):
+    for sub in ("image", "code", "audio", *(("video",) if cfg.video else ())):
         (staging / sub).mkdir(parents=True, exist_ok=True)
     blocks = [(staging, cfg, seed, i, min(i + BLOCK, cfg.n_items)) for i in range(0, cfg.n_items, BLOCK)]
     rows: list[ManifestRow] = []

@@ -20,11 +20,13 @@ from multigeometry.data.validation.media import Failure, resolve_media
 
 log = logging.getLogger(__name__)
 
+FILE_MODALITIES = ("image", "audio", "code", "video")  # the manifest columns that name files
+
 
 def _with_derived_columns(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     derived = frame[["sample_id", "group_id", "split", *MODALITIES]].copy()
     derived["repeats_sample_id"] = frame["sample_id"].duplicated(keep="first") & frame["sample_id"].notna()
-    for modality in ("image", "audio", "code"):
+    for modality in FILE_MODALITIES:
         derived[f"{modality}_file_exists"] = [
             True if not isinstance(p, str) else bool((path := resolve_media(root, p)) and path.is_file())
             for p in frame[modality]
@@ -58,7 +60,7 @@ def _expectations(cfg: ValidateConfig) -> list:
             meta=meta("text_length"),
         ),
     ]
-    for modality in ("image", "audio", "code"):
+    for modality in FILE_MODALITIES:
         expectations.append(
             gxe.ExpectColumnValuesToBeInSet(
                 column=f"{modality}_file_exists", value_set=[True], meta=meta(f"{modality}_file_missing")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from multigeometry.config import AudioConfig, ValidateConfig
+from multigeometry.config import AudioConfig, ValidateConfig, VideoConfig
 from multigeometry.data.readers import MediaError, read_code, read_image
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,16 @@ def check_audio(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = Non
 
     from multigeometry.data.audio import AudioDecodeError, load_audio
 
+    from multigeometry.data.audio import is_container, read_container_audio
+
     try:
         if _wav_truncated(path):
             return "audio_undecodable", "WAV file is shorter than its header says (truncated)"
-        samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        if is_container(path):  # a video's audio track, decoded with PyAV as the shard stage decodes it
+            samples, rate = read_container_audio(path)
+        else:
+            samples, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, AudioDecodeError, RuntimeError, OSError, TypeError) as e:
         return "audio_undecodable", f"{type(e).__name__}: {e}"
     if cfg.audio_sample_rates and rate not in cfg.audio_sample_rates:
         return "audio_sample_rate", f"{rate} Hz not in validate.audio_sample_rates {list(cfg.audio_sample_rates)}"
@@ -106,16 +111,46 @@ def check_code(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None
     return None
 
 
+def check_video(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None,
+                video: VideoConfig | None = None) -> Failure | None:
+    """Decodes every frame (within `validate.video_max_frames` and `video_max_pixels`, refused from the header and
+    the packet count first) with the shard stage's reader; then the frame count, size, rate and duration."""
+    from multigeometry.data.video import read_frames
+
+    size = path.stat().st_size
+    if size > cfg.video_max_bytes:
+        return "video_too_large", f"{size} bytes > validate.video_max_bytes={cfg.video_max_bytes}"
+    try:
+        _frames, info = read_frames(path, 1, max_frames=cfg.video_max_frames, max_pixels=cfg.video_max_pixels,
+                                    threads=(video or VideoConfig()).threads)
+    except MediaError as e:
+        return e.reason, e.detail
+    frames = info.packets or 0
+    if frames < cfg.video_min_frames:
+        return "video_frames", f"{frames} frames < validate.video_min_frames {cfg.video_min_frames}"
+    if min(info.width, info.height) < cfg.video_min_side:
+        return "video_too_small", f"{info.width}x{info.height} < validate.video_min_side {cfg.video_min_side} px"
+    if not cfg.video_min_fps <= info.fps <= cfg.video_max_fps:
+        return "video_frame_rate", (f"{info.fps:g} frames/s not in [validate.video_min_fps, validate.video_max_fps] "
+                                    f"= [{cfg.video_min_fps:g}, {cfg.video_max_fps:g}]")
+    if not cfg.video_min_seconds <= info.seconds <= cfg.video_max_seconds:
+        return "video_duration", (f"{info.seconds:.3f} s ({frames} frames at {info.fps:g}/s) not in "
+                                  f"[validate.video_min_seconds, validate.video_max_seconds] = "
+                                  f"[{cfg.video_min_seconds:g}, {cfg.video_max_seconds:g}]")
+    return None
+
+
 def check_text(text: str, cfg: ValidateConfig) -> Failure | None:
     if not text.strip():
         return "text_empty", "caption is empty or whitespace"
     return None
 
 
-FILE_CHECKS: dict[str, Callable[[Path, ValidateConfig, AudioConfig | None], Failure | None]] = {
+FILE_CHECKS: dict[str, Callable[..., Failure | None]] = {
     "image": check_image,
     "audio": check_audio,
     "code": check_code,
+    "video": check_video,
 }
 
 

@@ -7,7 +7,10 @@ corruption of that modality up to its configured limit:
 - audio: noise at a signal-to-noise ratio falling from 40 dB to `snr_db`, `babble` of it another utterance of the
   world, and the end of the clip cut (`truncation`);
 - text: round(severity x `vagueness`) of size, colour, texture and place dropped from the caption, which then fits
-  several scenes.
+  several scenes;
+- video (`video_severity`, a stream of its own so the other modalities' draws stay as they were): the image's
+  corruptions at its own severity, the same on every frame (a grey box, noise, blur and loss of detail that stay put
+  while things move).
 `record` is what the manifest's `ambiguity` column holds (JSON): per modality the severity and the levels applied.
 """
 
@@ -58,6 +61,26 @@ def corrupt_image(image: Image.Image, severity: float, cfg: AmbiguityConfig,
     return out, {k: round(v, 6) for k, v in levels.items()}
 
 
+def video_severity(severity: dict[str, float], rng: np.random.Generator) -> float:
+    """The clip's severity: 0 for a clean item (every other modality 0), else its own draw in (0, 1]."""
+    if not any(severity.values()):
+        return 0.0
+    return float(1.0 - rng.random())
+
+
+def corrupt_clip(frames: np.ndarray, severity: float, cfg: AmbiguityConfig,
+                 seed: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+    """Every frame corrupted as `corrupt_image` does at `severity`, with the same draws (`seed` restarts the stream
+    for each frame): the occlusion, noise and blur stay put over the clip."""
+    if severity <= 0:
+        return frames, {}
+    out, levels = [], {}
+    for pixels in frames:
+        image, levels = corrupt_image(Image.fromarray(pixels), severity, cfg, np.random.default_rng(seed))
+        out.append(np.asarray(image))
+    return np.stack(out), levels
+
+
 def corrupt_audio(wave: np.ndarray, severity: float, cfg: AmbiguityConfig, rng: np.random.Generator,
                   babble: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
     if severity <= 0 or wave.size == 0:
@@ -94,5 +117,7 @@ def dropped_attributes(scene: Scene, severity: float, cfg: AmbiguityConfig,
 
 
 def record(sev: dict[str, float], levels: dict[str, dict[str, Any]]) -> str:
-    """The manifest's `ambiguity` cell: {"image": {"severity": s, ...levels}, "audio": ..., "text": ...}."""
-    return json.dumps({m: {"severity": round(sev[m], 6), **levels.get(m, {})} for m in MODALITIES}, sort_keys=True)
+    """The manifest's `ambiguity` cell: {"image": {"severity": s, ...levels}, "audio": ..., "text": ...}, and
+    "video" where the item has a clip."""
+    kept = (*MODALITIES, *(("video",) if "video" in sev else ()))
+    return json.dumps({m: {"severity": round(sev[m], 6), **levels.get(m, {})} for m in kept}, sort_keys=True)

@@ -27,7 +27,15 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def program(scene: Scene, placements: list[Placement], size: int, rng: np.random.Generator) -> str:
+_MOTION_CALLS = {
+    "left": "move(dx=-{d})", "right": "move(dx={d})", "up": "move(dy=-{d})", "down": "move(dy={d})",
+    "grows": "scale(1.35, start=0.65)", "shrinks": "scale(0.65, start=1.35)", "spins": "rotate(45)", "still": "hold()",
+}
+
+
+def program(scene: Scene, placements: list[Placement], size: int, rng: np.random.Generator,
+            clip: tuple[int, int] | None = None) -> str:
+    """The program that draws the scene; with `clip` (frames, fps) and a scene with a motion, it animates it too."""
     name = _pick(rng, _CANVAS_NAMES)
     keyword = rng.random() < 0.6
     comments = rng.random() < 0.5
@@ -54,5 +62,11 @@ def program(scene: Scene, placements: list[Placement], size: int, rng: np.random
         if p.obj.texture:
             args += f", texture={p.obj.texture!r}"
         lines.append(f"{name}.{_METHOD[p.obj.shape]}({args})")
-    lines.append(f"{name}.save({_pick(rng, ('out.png', 'scene.png', 'picture.png'))!r})")
+    out = _pick(rng, ("out.png", "scene.png", "picture.png"))
+    if clip is not None and scene.motion is not None:
+        frames, fps = clip
+        call = _MOTION_CALLS[scene.motion].format(d=round(0.25 * size))
+        lines.append(f"{name}.animate(frames={frames}, fps={fps}).{call}")
+        out = out.replace(".png", ".mp4")
+    lines.append(f"{name}.save({out!r})")
     return "\n".join(lines) + "\n"

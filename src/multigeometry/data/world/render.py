@@ -136,8 +136,8 @@ def _clutter(draw: ImageDraw.ImageDraw, size: int, count: int, rng: np.random.Ge
             draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=shade)
 
 
-def render(scene: Scene, placements: list[Placement], size: int, noise: float, rng: np.random.Generator,
-           clutter: int = 0) -> Image.Image:
+def _background(size: int, rng: np.random.Generator) -> Image.Image:
+    """A light background with a colour ramp across or down it."""
     base = np.array([rng.uniform(185, 250) for _ in range(3)])
     tilt = rng.uniform(-30, 30, size=3)
     ramp = (
@@ -146,19 +146,87 @@ def render(scene: Scene, placements: list[Placement], size: int, noise: float, r
         else np.linspace(-0.5, 0.5, size)[:, None, None]
     )
     background = np.broadcast_to(base + ramp * tilt, (size, size, 3))
-    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+
+
+def _colour(p: Placement, rng: np.random.Generator) -> tuple[int, ...]:
+    """The object's colour, jittered."""
+    return tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[p.obj.color])
+
+
+def _draw_object(image: Image.Image, draw: ImageDraw.ImageDraw, p: Placement, rgb: tuple[int, ...]) -> None:
+    outline = polygon(p.obj.shape, p.x, p.y, p.radius, p.angle)
+    if outline is None:
+        draw.ellipse((p.x - p.radius, p.y - p.radius, p.x + p.radius, p.y + p.radius), fill=rgb)
+    else:
+        draw.polygon(outline, fill=rgb)
+    _texture(image, p, rgb, outline)
+
+
+def render(scene: Scene, placements: list[Placement], size: int, noise: float, rng: np.random.Generator,
+           clutter: int = 0) -> Image.Image:
+    image = _background(size, rng)
     draw = ImageDraw.Draw(image)
     if clutter:
         _clutter(draw, size, clutter, rng)
     for p in placements:
-        rgb = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[p.obj.color])
-        outline = polygon(p.obj.shape, p.x, p.y, p.radius, p.angle)
-        if outline is None:
-            draw.ellipse((p.x - p.radius, p.y - p.radius, p.x + p.radius, p.y + p.radius), fill=rgb)
-        else:
-            draw.polygon(outline, fill=rgb)
-        _texture(image, p, rgb, outline)
+        _draw_object(image, draw, p, _colour(p, rng))
     pixels = np.asarray(image).astype(np.float32)
     if noise > 0:
         pixels += rng.normal(0.0, noise, size=pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# clips
+# ---------------------------------------------------------------------------------------------------------------------
+
+TRAVEL = 0.25  # moving left/right/up/down: the distance covered, as a share of the clip's side, centred on the place
+GROWTH = 0.7  # growing/shrinking: the radius runs from (1 - GROWTH/2) to (1 + GROWTH/2) of its own, or back
+SPIN = 45.0  # spinning: degrees turned over the clip (below every polygon's symmetry angle, so the turn shows)
+
+
+def moved(p: Placement, motion: str | None, u: float, side: int) -> Placement:
+    """`p` at time `u` in [0, 1] of a clip: the motion is symmetric about the still placement (u = 0.5), so a clip of
+    one motion holds the frames of its opposite, in the reverse order — only their order tells them apart."""
+    d = 0.5 - u
+    x, y, r, angle = float(p.x), float(p.y), float(p.radius), p.angle
+    if motion == "left":
+        x += d * TRAVEL * side
+    elif motion == "right":
+        x -= d * TRAVEL * side
+    elif motion == "up":
+        y += d * TRAVEL * side
+    elif motion == "down":
+        y -= d * TRAVEL * side
+    elif motion == "grows":
+        r *= 1.0 - d * GROWTH
+    elif motion == "shrinks":
+        r *= 1.0 + d * GROWTH
+    elif motion == "spins":
+        angle -= d * SPIN
+    return Placement(p.obj, round(x), round(y), max(2, round(r)), round(angle, 2))
+
+
+def render_clip(scene: Scene, placements: list[Placement], image_size: int, side: int, frames: int, noise: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """The scene's clip, (frames, side, side, 3) uint8: the image's placements scaled to `side`, moving as
+    `scene.motion` says, over a still background with still noise (a clip's frames differ only where things move)."""
+    scale = side / image_size
+    still = [Placement(p.obj, round(p.x * scale), round(p.y * scale), max(2, round(p.radius * scale)), p.angle)
+             for p in placements]
+    background = _background(side, rng)
+    colours = [_colour(p, rng) for p in still]
+    grain = rng.normal(0.0, noise, size=(side, side, 3)) if noise > 0 else None
+    out = []
+    for t in range(frames):
+        u = t / (frames - 1) if frames > 1 else 0.5
+        image = background.copy()
+        draw = ImageDraw.Draw(image)
+        for p, rgb in zip(still, colours, strict=True):
+            _draw_object(image, draw, moved(p, scene.motion, u, side), rgb)
+        pixels = np.asarray(image)
+        if grain is not None:
+            pixels = np.clip(pixels.astype(np.float32) + grain, 0, 255).astype(np.uint8)
+        out.append(pixels)
+    return np.stack(out)

@@ -5,10 +5,16 @@ from the manifest alone.
 Concept atoms are bound to one object: `obj(color=red,shape=circle)` means "some object is a red circle", so a caption
 about a red circle is not contained in a scene of a red square beside a blue circle. Every caption's concept set is
 downward closed (it holds every sub-description of each object it names), so containment is plain set inclusion.
+
+With video (`data.world.video`), a scene also has a motion, shared by its objects (`MOTIONS`: moving left, right, up
+or down, growing, shrinking, spinning, or staying still). It joins every level: "a moving shape" ⊃ "a circle moving
+left" ⊃ "a red circle moving left" ⊃ "a small red circle on the left, moving left", with the atoms `motion(moving)`
+(or `motion(still)`) from level 0 and `motion(left)` from level 1, so the sets stay nested.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -39,6 +45,25 @@ _POSITION_PHRASES = {
     "centre": ("in the centre", "in the middle", "at the centre"),
 }
 LEVELS = 4  # 0: "a shape" ... 3: the full scene
+MOTIONS = ("left", "right", "up", "down", "grows", "shrinks", "spins", "still")
+OPPOSITE_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grows": "shrinks", "shrinks": "grows"}
+# parallel phrases: an opposite motion's phrase at the same index says the opposite (the temporal contrasts)
+MOTION_PHRASES = {
+    "left": ("moving left", "sliding to the left", "drifting left"),
+    "right": ("moving right", "sliding to the right", "drifting right"),
+    "up": ("moving up", "rising", "drifting upwards"),
+    "down": ("moving down", "sinking", "drifting downwards"),
+    "grows": ("growing", "getting bigger", "expanding"),
+    "shrinks": ("shrinking", "getting smaller", "contracting"),
+    "spins": ("spinning", "turning round", "rotating"),
+    "still": ("staying still", "not moving", "standing still"),
+}
+_MOTION_LEVEL0 = {
+    (False, True): ("a moving shape", "a shape in motion", "a moving object"),
+    (True, True): ("two moving shapes", "two shapes in motion", "a pair of moving shapes"),
+    (False, False): ("a still shape", "a motionless shape", "a shape that does not move"),
+    (True, False): ("two still shapes", "two motionless shapes", "a pair of still shapes"),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,13 @@ class Scene:
     objects: tuple[SceneObject, ...]
     position: str | None = None  # single object: where it is
     relation: str | None = None  # two objects: objects[0] <relation> objects[1]
+    motion: str | None = None  # with video: how its objects move (MOTIONS); None: a still world without clips
+
+
+def sample_motion(scene: Scene, rng: np.random.Generator) -> Scene:
+    """`scene` with a motion: any of MOTIONS, but not spinning when every object is a circle (it would not show)."""
+    options = MOTIONS if any(o.shape != "circle" for o in scene.objects) else tuple(m for m in MOTIONS if m != "spins")
+    return dataclasses.replace(scene, motion=options[int(rng.integers(len(options)))])
 
 
 def sample_scene(rng: np.random.Generator, max_objects: int, textures: bool = False) -> Scene:
@@ -92,16 +124,29 @@ def near_duplicate(scene: Scene, rng: np.random.Generator) -> Scene:
     obj = scene.objects[i]
     choices = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES} | ({"texture": TEXTURES} if obj.texture else {})
     where = "position" if scene.position is not None else "relation"
-    key = (*choices, where)[int(rng.integers(len(choices) + 1))]
+    keys = (*choices, where, *(("motion",) if scene.motion is not None else ()))
+    key = keys[int(rng.integers(len(keys)))]
     if key == "position":
-        return Scene(scene.objects, position=_other(POSITIONS, scene.position, rng))
+        return Scene(scene.objects, position=_other(POSITIONS, scene.position, rng), motion=scene.motion)
     if key == "relation":
-        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng))
+        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng), motion=scene.motion)
+    if key == "motion":  # the same objects moving otherwise: a neighbour only time tells apart
+        return sample_motion_other(scene, rng)
     changed = SceneObject(**(obj.attributes() | {key: _other(choices[key], getattr(obj, key), rng)}))
     objects = tuple(changed if j == i else o for j, o in enumerate(scene.objects))
     if len(objects) == 2 and objects[0] == objects[1]:
-        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng))
-    return Scene(objects, position=scene.position, relation=scene.relation)
+        return Scene(scene.objects, relation=_other(RELATIONS, scene.relation, rng), motion=scene.motion)
+    return Scene(objects, position=scene.position, relation=scene.relation, motion=scene.motion)
+
+
+def sample_motion_other(scene: Scene, rng: np.random.Generator) -> Scene:
+    """`scene` with another motion: the opposite one where there is one, else any other that shows."""
+    current = scene.motion or "still"
+    if current in OPPOSITE_MOTION:
+        return dataclasses.replace(scene, motion=OPPOSITE_MOTION[current])
+    options = tuple(m for m in MOTIONS if m != current
+                    and (m != "spins" or any(o.shape != "circle" for o in scene.objects)))
+    return dataclasses.replace(scene, motion=options[int(rng.integers(len(options)))])
 
 
 def _other(options: tuple[str, ...], current: str | None, rng: np.random.Generator) -> str:
@@ -143,6 +188,10 @@ def level_concepts(scene: Scene, level: int) -> list[str]:
         concepts |= closure({k: obj.attributes()[k] for k in _level_keys(obj, level)})
     if len(scene.objects) == 2:
         concepts.add("count=2")
+    if scene.motion is not None:
+        concepts.add(f"motion({'still' if scene.motion == 'still' else 'moving'})")
+        if level > 0:
+            concepts.add(f"motion({scene.motion})")
     if level == LEVELS - 1:
         full = [atom(**o.attributes()) for o in scene.objects]
         if scene.position is not None:
@@ -191,17 +240,47 @@ COMPOUND_LEVEL = 2  # "a red circle", "a red circle and a blue square": the desc
 def parts(scene: Scene, rng: np.random.Generator) -> list[str]:
     """Phrases whose composition is the scene's description at COMPOUND_LEVEL: an attribute and a noun for one object
     ("red", "a circle" -> "a red circle"), the objects' phrases for two ("a red circle", "a blue square" -> "a red
-    circle and a blue square"). Order carries no meaning, so the composer sees a set."""
+    circle and a blue square"), and with video the motion ("moving left"). Order carries no meaning, so the composer
+    sees a set."""
     if len(scene.objects) == 1:
         obj = scene.objects[0]
         colour = _choose(rng, (obj.color, f"something {obj.color}", f"{obj.color} coloured"))
         shape = _choose(rng, (_a(obj.shape), obj.shape, f"{_a(obj.shape)} shape"))
-        return [colour, shape]
-    return [_noun_phrase(o, ("color", "shape"), rng) for o in scene.objects]
+        found = [colour, shape]
+    else:
+        found = [_noun_phrase(o, ("color", "shape"), rng) for o in scene.objects]
+    if scene.motion is not None:  # the motion is a part of its own ("moving left")
+        found.append(_choose(rng, MOTION_PHRASES[scene.motion]))
+    return found
+
+
+def with_motion(text: str, scene: Scene, level: int, choice: int) -> str:
+    """A caption of `scene` at `level` without its motion, made to say it; `choice` picks the phrasing (the same
+    choice for the opposite motion says the opposite). Level 0 has its own phrasings ("a moving shape")."""
+    if scene.motion is None:
+        return text
+    two = len(scene.objects) == 2
+    if level == 0:
+        options = _MOTION_LEVEL0[(two, scene.motion != "still")]
+        return options[choice % len(options)]
+    phrases = MOTION_PHRASES[scene.motion]
+    phrase = phrases[choice % len(phrases)]
+    if two:
+        return f"{text}, both {phrase}"
+    return f"{text} {phrase}" if level < LEVELS - 1 else f"{text}, {phrase}"
+
+
+def temporal_contrasts(text: str, scene: Scene, level: int, choice: int) -> list[str]:
+    """What a caption with motion would say of the clip played backwards: the opposite motion, phrased alike ([]
+    for motions that have none: spinning, staying still)."""
+    if scene.motion not in OPPOSITE_MOTION:
+        return []
+    return [with_motion(text, dataclasses.replace(scene, motion=OPPOSITE_MOTION[scene.motion]), level, choice)]
 
 
 def caption(scene: Scene, level: int, rng: np.random.Generator) -> str:
-    """One paraphrase of the scene's caption at `level`; `rng` picks the template."""
+    """One paraphrase of the scene's caption at `level`, without its motion (`with_motion` adds it); `rng` picks the
+    template."""
     two = len(scene.objects) == 2
     if level == 0:
         if two:

@@ -1,0 +1,36 @@
+"""Which of a clip's frames an encoder sees: `video.num_frames` of them, one per equal segment (TSN-style segment
+sampling, `data.video.segment_indices`): each segment's centre frame, or in training (`video.jitter`) a random frame
+inside it. The sampler picks among the shards' frame features (`video.emb`, F x D: the F = `video.feature_frames`
+frames the shard stage embedded).
+
+Training draws come from torch's global generator, as the image augmentation's do, so a resumed run replays them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multigeometry.config import VideoConfig
+from multigeometry.data.video import segment_indices
+
+
+@dataclass(frozen=True)
+class VideoSampler:
+    cfg: VideoConfig
+    train: bool = False
+
+    def indices(self, n: int) -> list[int]:
+        """`num_frames` indices among `n` frames: segment centres, or random frames inside the segments."""
+        t = self.cfg.num_frames
+        if self.train and self.cfg.jitter:
+            return segment_indices(n, t, torch.rand(t).tolist())
+        return segment_indices(n, t)
+
+    def features(self, emb: np.ndarray) -> torch.Tensor:
+        """(F, D) frame features -> (num_frames, D)."""
+        if emb.ndim != 2:
+            raise ValueError(f"video.emb: expected frame features (frames, dim), got shape {emb.shape}")
+        return torch.from_numpy(np.array(emb[self.indices(emb.shape[0])], dtype=np.float32))
