@@ -307,12 +307,12 @@ def hierarchy_pairs(
     pairs = [(captions, items, 0)]
     general, owner = hierarchy.general, hierarchy.owner
     if owner.numel() > 0:
-        pairs.append((general, captions.map(lambda t: t[owner]), 1))
+        pairs.append((general, captions.select(owner), 1))
         if hierarchy.parent is not None:
             has_parent = hierarchy.parent >= 0
             if bool(has_parent.any()):
-                children = general.map(lambda t: t[has_parent])
-                parents = general.map(lambda t: t[hierarchy.parent[has_parent]])
+                children = general.select(has_parent)
+                parents = general.select(hierarchy.parent[has_parent])
                 pairs.append((parents, children, 2))
     return pairs
 

@@ -206,8 +206,8 @@ def search(trained: TrainedModel, index: SearchIndex, query: Distribution, k: in
         q_pct = (100.0 * float((own.cpu() < q_unc).double().mean()) if own is not None and mine is not None
                  else float("nan"))
         for m in targets:
-            items = index.dists[m].map(lambda t: t.to(device))
-            on_device = query.map(lambda t: t.to(device))
+            items = index.dists[m].to(device)
+            on_device = query.to(device)
             ann = index.approximate_index(trained, m, registry)
             if ann is None:
                 scores, top = blockwise_topk(on_device, items, trained.similarity, k, block_size)

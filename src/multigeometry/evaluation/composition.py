@@ -44,11 +44,11 @@ def composition_metrics(emb: SplitEmbeddings, similarity: Similarity, block_size
     row_atoms = atom_matrix(emb.atoms, vocabulary)
     query_atoms, row_atoms = pad_columns(query_atoms, len(vocabulary)), pad_columns(row_atoms, len(vocabulary))
     queries = {
-        "R@1": comp.composed.map(lambda t: t[keep]),
-        "caption_R@1": comp.captions.map(lambda t: t[keep]),
+        "R@1": comp.composed.select(keep),
+        "caption_R@1": comp.captions.select(keep),
     }
     if comp.closed_form is not None:
-        queries["closed_form_R@1"] = comp.closed_form.map(lambda t: t[keep])
+        queries["closed_form_R@1"] = comp.closed_form.select(keep)
     out: dict[str, float] = {}
     means: dict[str, list[float]] = {name: [] for name in queries}
     for m, items in emb.dists.items():
