@@ -488,6 +488,9 @@ class LossConfig:
 class TrainConfig:
     run_name: str = "default"  # outputs under data/models/<run_name>
     nproc: int = bounded(1, min=1, max=64)  # processes per node (torchrun --nproc-per-node)
+    # torch CPU threads per process; 0: OMP_NUM_THREADS when set, else the CPUs this process may use (affinity and
+    # cgroup quota) shared among the node's processes
+    threads: int = bounded(0, min=0, max=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
     epochs: int = bounded(400, min=1)  # passes over the training split (at most: train.patience stops earlier)
     max_steps: int = bounded(0, min=0)  # 0: as many as the epochs make

@@ -44,6 +44,7 @@ from multigeometry.paths import (
     run_reports_dir,
     shards_dir,
 )
+from multigeometry.threads import apply_threads
 from multigeometry.tracking import Tracker, default_tracking_uri, system_info
 from multigeometry.training.checkpoint import (
     check_resumable,
@@ -80,6 +81,7 @@ def setup_runtime(params: Params) -> Runtime:
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    apply_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
