@@ -218,8 +218,9 @@ def main() -> None:
     started = time.time()
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for name in args.sets:
-        prepare_set(name, args.realsets, args.root, args.overrides)
         for model in args.models:
+            # once per distinct data configuration: a model's params may change the features (`features.*`)
+            prepare_set(name, args.realsets, args.root, [*MODELS[model], *args.overrides])
             for seed in args.seeds:
                 t0 = time.time()
                 first = model == args.models[0] and seed == args.seeds[0]  # the cascade does not depend on the model
