@@ -7,6 +7,7 @@ import ot
 import pytest
 import torch
 
+from benchmarks.bench_sinkhorn import problem, reference
 from multigeometry.geometry.mixture import MixtureParams
 from multigeometry.geometry.sinkhorn import column_error, entropic_ot_cost, solve_potentials
 from multigeometry.losses import SinkhornOTLoss
@@ -16,27 +17,15 @@ F64 = torch.float64
 
 def badly_scaled(seed: int, b: int = 16, k: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Costs near 32 (spread ~ ±2) and uneven weights: with reg 0.05, C/reg ~ 640, where 50 plain Sinkhorn
-    iterations were 44 % off."""
-    gen = torch.Generator().manual_seed(seed)
-    cost = 32.0 + 2.0 * torch.randn(b, k, k, generator=gen, dtype=F64)
-    a = torch.softmax(2.0 * torch.randn(b, k, generator=gen, dtype=F64), -1)
-    b_ = torch.softmax(2.0 * torch.randn(b, k, generator=gen, dtype=F64), -1)
-    return cost, a, b_
-
-
-def pot(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float) -> np.ndarray:
-    return np.array([
-        ot.sinkhorn2(a[i].numpy(), b[i].numpy(), cost[i].numpy(), reg, method="sinkhorn_log",
-                     numItermax=100_000, stopThr=1e-12)
-        for i in range(len(cost))
-    ])
+    iterations were far off. The benchmark's problem."""
+    return problem(b, k, seed)
 
 
 @pytest.mark.parametrize("reg", [0.1, 0.05])
 def test_matches_pot_on_badly_scaled_costs(reg: float) -> None:
     cost, a, b = badly_scaled(0)
     value, steps = entropic_ot_cost(cost, a, b, reg, max_iters=200, tol=1e-10)
-    np.testing.assert_allclose(value.numpy(), pot(cost, a, b, reg), rtol=1e-8)
+    np.testing.assert_allclose(value.numpy(), reference(cost, a, b, reg), rtol=1e-8)
     assert 0 < steps < 200
     log_p, _ = solve_potentials(cost, a, b, reg, 200, 1e-10)
     plan = log_p.exp() * a[:, :, None]
@@ -49,7 +38,7 @@ def test_float32_inputs_match_pot_to_float32_precision() -> None:
     value, _ = entropic_ot_cost(cost.float(), a.float(), b.float(), 0.05)
     assert value.dtype == torch.float32
     a64, b64 = a.float().double(), b.float().double()  # the solver renormalises rounded weights: so does POT's input
-    expected = pot(cost.float().double(), a64 / a64.sum(-1, keepdim=True), b64 / b64.sum(-1, keepdim=True), 0.05)
+    expected = reference(cost.float().double(), a64 / a64.sum(-1, keepdim=True), b64 / b64.sum(-1, keepdim=True), 0.05)
     np.testing.assert_allclose(value.double().numpy(), expected, rtol=1e-6)
 
 
