@@ -456,7 +456,8 @@ class LossConfig:
     kl_weight: float = bounded(1e-5, min=0.0)  # KL of each Gaussian to N(0, I) (VIB)
     sinkhorn_weight: float = bounded(0.0, min=0.0)  # Sinkhorn OT between the components of positive pairs
     sinkhorn_reg: float = bounded(0.1, min=1e-6)  # its entropic regularisation
-    sinkhorn_iters: int = bounded(50, min=1)  # its iterations
+    sinkhorn_max_iters: int = bounded(200, min=1)  # its solver's step cap (badly scaled costs need ~30-90)
+    sinkhorn_tol: float = bounded(1e-6, min=1e-14)  # its solver stops at this marginal error (L1) on every pair
     entailment_weight: float = bounded(0.2, min=0.0)  # cone entailment over the hierarchy
     composition_weight: float = bounded(0.5, min=0.0)  # InfoNCE of compose(parts) against the compound's caption
     # infonce: symmetric InfoNCE | sigmoid: PCME++'s pairwise loss, a binary cross-entropy of every pair's logit

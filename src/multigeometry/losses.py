@@ -5,7 +5,8 @@ The terms, each returned separately (unweighted) for logging, and their weights 
 - `entropy`: mean entropy of the mixture weights, weight `entropy_weight` (its sign is the direction: positive
   sharpens the weights, negative spreads them over the components);
 - `kl`: PCME's VIB, the mean KL of the components to N(0, I), weight `kl_weight`;
-- `sinkhorn`: entropic OT between the components of each positive pair (POT), weight `sinkhorn_weight`;
+- `sinkhorn`: entropic OT between the components of each positive pair, weight `sinkhorn_weight`; beside it
+  `sinkhorn_iters`, the solver's steps (a count, not a loss);
 - `entailment`: cone containment general ⊇ specific ⊇ item, weight `entailment_weight`;
 - `composition` (`MainCriterion.composition`, called by the objective): symmetric InfoNCE between compose(parts) and
   the compound's own caption, weight `composition_weight`.
@@ -18,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-import ot
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from multigeometry.geometry.mixture import (
     point_similarity,
     product_kernel_similarity,
 )
+from multigeometry.geometry.sinkhorn import entropic_ot_cost
 
 Distribution = MixtureParams | ConeParams
 
@@ -269,31 +270,30 @@ def _smoothed(lse: Tensor, positive_logit: Tensor, mean_kept_logit: Tensor, smoo
 
 
 class SinkhornOTLoss(nn.Module):
-    """Entropic OT between the K components of each positive pair, through POT's batched log-domain Sinkhorn.
+    """Entropic OT between the K components of each positive pair (`geometry.sinkhorn`: log-domain Sinkhorn–Newton).
 
     Cost: the squared 2-Wasserstein distance between the diagonal Gaussian components; marginals: the mixture
-    weights. The value is the transport cost ⟨T*, C⟩ of the entropic plan T*, as `ot.sinkhorn2` returns it,
-    differentiated through the iterations (POT's `grad="autodiff"`), so gradients reach means, variances and weights.
+    weights. The value is the transport cost ⟨T*, C⟩ of the entropic plan T*, as `ot.sinkhorn2` returns it; its
+    gradient (implicit, at the plan reached) reaches means, variances and weights. The solver stops when every pair's
+    marginal error is below `tol`, or after `max_iters` steps; `last_iters` holds the steps of the last call.
     """
 
-    def __init__(self, reg: float = 0.1, max_iter: int = 50, tol: float = 1e-6) -> None:
+    def __init__(self, reg: float = 0.1, max_iters: int = 200, tol: float = 1e-6) -> None:
         super().__init__()
-        self.reg, self.max_iter, self.tol = reg, max_iter, tol
+        if not reg > 0:
+            raise ValueError(f"the Sinkhorn regularisation must be positive, got {reg}")
+        if max_iters < 1 or not tol > 0:
+            raise ValueError(f"Sinkhorn needs max_iters >= 1 and tol > 0, got {max_iters} and {tol}")
+        self.reg, self.max_iters, self.tol = reg, max_iters, tol
+        self.last_iters = 0
 
     def pair_costs(self, a: MixtureParams, b: MixtureParams) -> Tensor:
         """The OT cost of every row-aligned pair, (B,)."""
         cost = paired_w2_cost(a, b)
-        res = ot.batch.solve_batch(
-            cost,
-            self.reg,
-            a=a.weights().to(cost.dtype),
-            b=b.weights().to(cost.dtype),
-            max_iter=self.max_iter,
-            tol=self.tol,
-            method="log_sinkhorn",
-            grad="autodiff",
+        value, self.last_iters = entropic_ot_cost(
+            cost, a.weights().to(cost.dtype), b.weights().to(cost.dtype), self.reg, self.max_iters, self.tol
         )
-        return res.value_linear
+        return value
 
     def forward(self, a: MixtureParams, b: MixtureParams) -> Tensor:
         return self.pair_costs(a, b).mean()
@@ -441,7 +441,7 @@ class MainCriterion(nn.Module):
             self.logit_bias = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_bias)))
         elif loss_cfg.pseudo_positive_weight > 0 or loss_cfg.mixup > 0:
             raise ValueError("loss.pseudo_positive_weight and loss.mixup label pairs for loss.objective: sigmoid")
-        self.sinkhorn = SinkhornOTLoss(loss_cfg.sinkhorn_reg, loss_cfg.sinkhorn_iters)
+        self.sinkhorn = SinkhornOTLoss(loss_cfg.sinkhorn_reg, loss_cfg.sinkhorn_max_iters, loss_cfg.sinkhorn_tol)
 
     def logit_scale(self) -> Tensor:
         return self.log_logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
@@ -490,6 +490,7 @@ class MainCriterion(nn.Module):
                 weighted = weighted + cfg.kl_weight * terms["kl"]
             if cfg.sinkhorn_weight > 0:
                 terms["sinkhorn"] = self.sinkhorn(a, b)
+                terms["sinkhorn_iters"] = terms["sinkhorn"].new_tensor(float(self.sinkhorn.last_iters))
                 weighted = weighted + cfg.sinkhorn_weight * terms["sinkhorn"]
         if hierarchy is not None:
             weighted = weighted + self._hierarchy_terms(a, b, hierarchy, terms)
