@@ -8,6 +8,7 @@ faster moment of a shared machine does not favour one of them.
 
 - `configured`: params.yaml's model and loss (default: a K-component mixture with the CSD similarity and the
   compositional layer with its loss term);
+- `unfused-adamw`: the configured model with torch's per-tensor AdamW instead of the fused kernel;
 - `no-composer`: the same without the compositional layer (`model.composer.enabled: false`);
 - `point`: the same encoders, `model.geometry: point` through MainCriterion (InfoNCE over cosines, group-aware);
 - `clip`: the same encoders and point head, with OpenCLIP's plain ClipLoss in place of MainCriterion (normalised
@@ -35,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multigeometry.config import Params, load_params
+from multigeometry.config import LossConfig, Params, load_params
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
 from multigeometry.inference import needs_tokens
@@ -43,7 +44,8 @@ from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import shards_dir
 from multigeometry.training.objective import TrainModule, accumulated_backward
-from multigeometry.training.optim import make_optimizer
+from multigeometry.training.loop import resolve_batch_size
+from multigeometry.training.optim import make_optimizer, param_groups
 
 
 class PlainClipLoss(nn.Module):
@@ -52,9 +54,11 @@ class PlainClipLoss(nn.Module):
     def __init__(self, init_logit_scale: float) -> None:
         super().__init__()
         self.log_logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)).log())
-        self.cfg = None
+        # TrainModule reads its extra terms' weights from here: all off, as in OpenCLIP
+        self.cfg = LossConfig(composition_weight=0.0, temporal_weight=0.0, entailment_weight=0.0)
 
-    def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None) -> dict[str, Tensor]:
+    def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
+                soft_rows: Any = None) -> dict[str, Tensor]:
         fa, fb = F.normalize(a.mu[:, 0], dim=-1), F.normalize(b.mu[:, 0], dim=-1)
         logits = self.log_logit_scale.exp() * fa @ fb.T
         labels = torch.arange(len(fa), device=fa.device)
@@ -63,7 +67,7 @@ class PlainClipLoss(nn.Module):
 
 
 def variant_params(params: Params, name: str) -> Params:
-    if name == "configured":
+    if name in ("configured", "unfused-adamw"):
         return params
     if name == "no-composer":
         return replace(params, model=replace(params.model, composer=replace(params.model.composer, enabled=False)))
@@ -79,6 +83,10 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     model = PairModel.from_index(p, index, vocab_size=vocab)
     criterion = PlainClipLoss(p.loss.init_logit_scale) if name == "clip" else MainCriterion(p.loss, p.model)
     module = TrainModule(model, criterion)
+    if name == "unfused-adamw":  # torch's per-tensor AdamW, as before the fused kernel was the default
+        cfg = p.train
+        groups = param_groups([module], cfg.weight_decay)
+        return module, torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=False)
     return module, make_optimizer([module], p.train)
 
 
@@ -111,7 +119,7 @@ def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     vocab = len(tokenizer) if tokenizer is not None else None
     batches = read_batches(params, steps)
-    names = ["configured", "no-composer", "point", "clip"]
+    names = ["configured", "unfused-adamw", "no-composer", "point", "clip"]
     built = {name: build(params, name, index, vocab) for name in names}
     for module, optimizer in built.values():  # one warm-up step each
         step(module, optimizer, batches[0], params.train.grad_clip, None)
@@ -174,6 +182,7 @@ def main() -> None:
     parser.add_argument("--no-ranks", action="store_true", help="skip the 1-rank against 2-rank comparison")
     args = parser.parse_args()
     params = load_params(args.params, args.overrides)
+    params = resolve_batch_size(params, read_index(shards_dir(params)), 1)  # loader.batch_size 0: the whole split
     rates = bench_variants(params, args.steps, args.rounds)
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -185,6 +194,10 @@ def main() -> None:
         "configured_over_clip": round(rates["configured"] / rates["clip"], 3),
         "no_composer_over_clip": round(rates["no-composer"] / rates["clip"], 3),
         "point_over_clip": round(rates["point"] / rates["clip"], 3),
+        "configured_over_point": round(rates["configured"] / rates["point"], 3),
+        # the compositional layer's share of the configured step's time
+        "composer_share": round(1 - rates["configured"] / rates["no-composer"], 3),
+        "fused_over_unfused": round(rates["configured"] / rates["unfused-adamw"], 3),
     }
     if not args.no_ranks:
         one = bench_ranks(params, 1, args.steps)
