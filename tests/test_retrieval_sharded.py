@@ -1,7 +1,10 @@
-"""Exact ranks with the gallery sharded (in one process, and over two Gloo ranks) equal the unsharded ranks."""
+"""Exact ranks with the gallery sharded (in one process, and over two Gloo ranks) equal the unsharded ranks; so do the
+evaluate stage's metrics under two ranks."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from multigeometry.evaluation.sharded import (
     DistributedReducer,
     GalleryShard,
     combine,
+    rank_by_groups_over_ranks,
     rank_by_groups_sharded,
     shard_bounds,
     shard_positive_scores,
@@ -141,6 +145,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                                          DistributedReducer())
             for name, layout in RANK_LAYOUTS.items()
         }
+        results["over ranks"] = rank_by_groups_over_ranks(queries, items, dot, qg, ig, 16)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -152,5 +157,35 @@ def test_two_gloo_ranks_give_the_unsharded_rankings(tmp_path: Path) -> None:
     want = rank_by_groups(queries, items, dot, qg, ig, 16)
     for rank in range(2):
         results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        for name in RANK_LAYOUTS:
+        for name in [*RANK_LAYOUTS, "over ranks"]:
             assert_same(results[name], want)
+
+
+def test_over_ranks_in_one_process_is_rank_by_groups() -> None:
+    queries, items, qg, ig = tied_data(seed=8)
+    want = rank_by_groups(queries, items, dot, qg, ig, 7)
+    assert_same(rank_by_groups_over_ranks(queries, items, dot, qg, ig, 7), want)
+
+
+def evaluate_worker(rank: int, port: int, params: object, root: Path) -> None:
+    from multigeometry.stages.evaluate import evaluate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    evaluate(params, root)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_evaluate_stage_under_two_ranks_gives_the_same_metrics(tiny_trained) -> None:
+    from multigeometry.evaluation.report import METRICS_FILE
+    from multigeometry.paths import eval_dir
+    from multigeometry.stages.evaluate import evaluate
+
+    params, root = tiny_trained
+    metrics_file = evaluate(params, root) / METRICS_FILE
+    one = json.loads(metrics_file.read_text())
+    metrics_file.unlink()
+    mp.spawn(evaluate_worker, args=(free_port(), params, root), nprocs=2, join=True)
+    two = json.loads((eval_dir(params, root) / METRICS_FILE).read_text())
+    assert one == two

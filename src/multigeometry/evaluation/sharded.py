@@ -13,6 +13,9 @@ Ranks and AP@R then follow from the counts as on one machine (`ranks_from_counts
 `rank_by_groups`'s exactly, ties included. A process never holds more than one block × its slice of scores, and only
 (block, P) positive scores and counts cross between processes.
 
+`rank_by_groups_over_ranks` is what the evaluate stage calls: `rank_by_groups` in one process, and under torchrun
+(WORLD_SIZE > 1) each rank's contiguous slice of the items, combined over the ranks.
+
 The combine step is a `Reducer`: `DistributedReducer` all-reduces over torch.distributed (Gloo or NCCL, under
 torchrun); `InProcessReducer` combines the partials of several shards held by one process (a driver that fans the
 shards out to Dask workers and combines what they return does the same with `combine`).
@@ -29,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from multigeometry.distributed import rank_and_world
 from multigeometry.evaluation.retrieval import (
     Rankings,
     Workspace,
@@ -36,6 +40,7 @@ from multigeometry.evaluation.retrieval import (
     check_finite,
     no_positives,
     positive_lists,
+    rank_by_groups,
     rank_query_blocks,
     ranks_from_counts,
     slice_rows,
@@ -165,3 +170,24 @@ def rank_by_groups_sharded(
         return sharded_block_rankings(parts, lists[i0:i1], reducer, ws)
 
     return rank_query_blocks(rank_block, n_q, block_size)
+
+
+def rank_by_groups_over_ranks(
+    queries: Distribution,
+    items: Distribution,
+    similarity: Similarity,
+    query_groups: Tensor,
+    item_groups: Tensor,
+    block_size: int = 1024,
+) -> Rankings:
+    """`rank_by_groups`; running distributed, each rank scores the queries against its contiguous slice of the
+    items only, and every rank gets the whole rankings. Every rank must call it with the same arguments."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return rank_by_groups(queries, items, similarity, query_groups, item_groups, block_size)
+    i0, i1 = shard_bounds(items.batch_size, world)[rank]
+    log.debug("rank %d of %d ranks items %d..%d of %d", rank, world, i0, i1, items.batch_size)
+    shard = GalleryShard(slice_rows(items, i0, i1), i0)
+    return rank_by_groups_sharded(
+        queries, [shard], similarity, query_groups, item_groups, block_size, DistributedReducer()
+    )
