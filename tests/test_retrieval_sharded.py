@@ -12,13 +12,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from multigeometry.evaluation.retrieval import Rankings, rank_by_groups, slice_rows
+from multigeometry.evaluation.retrieval import Rankings, positive_lists, rank_by_groups, slice_rows
 from multigeometry.evaluation.sharded import (
     DistributedReducer,
     GalleryShard,
     combine,
+    count_partials,
+    positive_partials,
     rank_by_groups_over_ranks,
     rank_by_groups_sharded,
+    rankings_from_partials,
     shard_bounds,
     shard_positive_scores,
     split_gallery,
@@ -70,6 +73,17 @@ def test_sharded_ranks_equal_unsharded_with_ties(layout: str, block_size: int) -
     assert (want.first_rank > 1).any()
     got = rank_by_groups_sharded(queries, shards_at(items, UNEVEN[layout]), dot, qg, ig, block_size)
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("layout", list(UNEVEN))
+def test_a_driver_combining_two_passes_of_workers_gets_the_unsharded_rankings(layout: str) -> None:
+    queries, items, qg, ig = tied_data(seed=9)
+    want = rank_by_groups(queries, items, dot, qg, ig, 16)
+    shards = shards_at(items, UNEVEN[layout])  # each a worker (a Dask task) in a real fan-out
+    lists = positive_lists(qg, ig)
+    values = combine([positive_partials(queries, shard, dot, lists, 16) for shard in shards], "max")
+    counts = combine([count_partials(queries, shard, dot, values, 16) for shard in shards], "sum")
+    assert_same(rankings_from_partials(values, counts, lists), want)
 
 
 def test_many_positives_a_query_take_the_bucketing_count() -> None:

@@ -10,15 +10,22 @@ processes give what `block_rankings` computes on one machine:
    the processes is the count over the whole gallery.
 
 Ranks and AP@R then follow from the counts as on one machine (`ranks_from_counts`), so the rankings equal
-`rank_by_groups`'s exactly, ties included. A process never holds more than one block × its slice of scores, and only
-(block, P) positive scores and counts cross between processes.
+`rank_by_groups`'s exactly, ties included — as long as the similarity gives a pair the same score whether the item is
+scored within its slice or within the whole gallery (a matrix product of another shape may round differently in the
+last bit, which can only matter for scores that tie to within that). A DDP rank never holds more than one block ×
+its slice of scores, and only (block, P) positive scores and counts cross between processes.
 
 `rank_by_groups_over_ranks` is what the evaluate stage calls: `rank_by_groups` in one process, and under torchrun
 (WORLD_SIZE > 1) each rank's contiguous slice of the items, combined over the ranks.
 
 The combine step is a `Reducer`: `DistributedReducer` all-reduces over torch.distributed (Gloo or NCCL, under
-torchrun); `InProcessReducer` combines the partials of several shards held by one process (a driver that fans the
-shards out to Dask workers and combines what they return does the same with `combine`).
+torchrun); `InProcessReducer` combines the partials of several shards held by one process.
+
+Workers that cannot all-reduce in lockstep (Dask tasks, a driver's fan-out) take two passes instead, each a task per
+shard: `positive_partials` (every query's positive scores inside the shard, `positive_lists` giving the positives)
+combined by `combine(..., "max")`, then `count_partials` (the shard's counts at or above those scores) combined by
+`combine(..., "sum")`; the driver then gets the rankings from `rankings_from_partials`. Each worker scores its shard
+twice, against once under DDP.
 """
 
 from __future__ import annotations
@@ -115,6 +122,46 @@ def shard_positive_scores(scores: Tensor, lists: Tensor, offset: int) -> Tensor:
     local = lists - offset
     inside = (lists >= 0) & (local >= 0) & (local < scores.shape[1])
     return scores.gather(1, local.clamp(0, scores.shape[1] - 1)).masked_fill(~inside, float("-inf"))
+
+
+def positive_partials(
+    queries: Distribution, shard: GalleryShard, similarity: Similarity, lists: Tensor, block_size: int = 1024
+) -> Tensor:
+    """First pass of a worker: the scores (Q, P) of the positives (global index lists) inside `shard`, −inf for the
+    others; the element-wise max over all shards is every positive's score."""
+    blocks = [
+        shard_positive_scores(similarity(slice_rows(queries, i0, i1), shard.items), lists[i0:i1], shard.offset)
+        for i0, i1 in query_blocks(queries.batch_size, block_size)
+    ]
+    return torch.cat(blocks) if blocks else torch.full(lists.shape, float("-inf"))
+
+
+def count_partials(
+    queries: Distribution, shard: GalleryShard, similarity: Similarity, values: Tensor, block_size: int = 1024
+) -> Tensor:
+    """Second pass of a worker: how many items of `shard` score at or above each positive score (Q, P) of `values`
+    (the first pass combined); summed over all shards."""
+    workspace = Workspace()
+
+    def counts(i0: int, i1: int) -> Tensor:
+        scores = similarity(slice_rows(queries, i0, i1), shard.items)
+        check_finite(scores)
+        return at_or_above(scores, values[i0:i1], workspace.take(scores, scores.numel()))
+
+    blocks = [counts(i0, i1) for i0, i1 in query_blocks(queries.batch_size, block_size)]
+    return torch.cat(blocks) if blocks else torch.zeros(values.shape, dtype=torch.long)
+
+
+def rankings_from_partials(values: Tensor, counts: Tensor, lists: Tensor) -> Rankings:
+    """The rankings from the combined passes: the positive scores `values` and the counts at or above them."""
+    order = values.argsort(dim=1, descending=True)  # tied scores have equal counts: their order does not matter
+    n_pos = (lists >= 0).sum(dim=1)
+    first, ap = ranks_from_counts(values.gather(1, order), counts.gather(1, order), n_pos)
+    return Rankings(first.cpu(), ap.cpu(), n_pos.cpu())
+
+
+def query_blocks(n_queries: int, block_size: int) -> list[tuple[int, int]]:
+    return [(i0, min(n_queries, i0 + block_size)) for i0 in range(0, n_queries, block_size)]
 
 
 def sharded_block_rankings(
