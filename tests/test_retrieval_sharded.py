@@ -181,17 +181,28 @@ def test_over_ranks_in_one_process_is_rank_by_groups() -> None:
     assert_same(rank_by_groups_over_ranks(queries, items, dot, qg, ig, 7), want)
 
 
-def evaluate_worker(rank: int, port: int, params: object, root: Path) -> None:
+def evaluate_worker(rank: int, port: int, params: object, root: Path, out_dir: str) -> None:
+    import multigeometry.evaluation.suite as suite
+    from multigeometry.distributed import rank_and_world
     from multigeometry.stages.evaluate import evaluate
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
+    seen: list[tuple[int, int]] = []  # (rank, world) at each retrieval ranking: did it run sharded?
+    unsharded = suite.rank_by_groups_over_ranks
+
+    def recording(*args: object, **kwargs: object) -> Rankings:
+        seen.append(rank_and_world())
+        return unsharded(*args, **kwargs)  # type: ignore[arg-type]
+
+    suite.rank_by_groups_over_ranks = recording  # type: ignore[assignment]
     evaluate(params, root)  # type: ignore[arg-type]
+    (Path(out_dir) / f"seen{rank}.json").write_text(json.dumps(seen))
 
 
 @pytest.mark.slow
-def test_evaluate_stage_under_two_ranks_gives_the_same_metrics(tiny_trained) -> None:
+def test_evaluate_stage_under_two_ranks_gives_the_same_metrics(tiny_trained, tmp_path: Path) -> None:
     from multigeometry.evaluation.report import METRICS_FILE
     from multigeometry.paths import eval_dir
     from multigeometry.stages.evaluate import evaluate
@@ -200,6 +211,9 @@ def test_evaluate_stage_under_two_ranks_gives_the_same_metrics(tiny_trained) -> 
     metrics_file = evaluate(params, root) / METRICS_FILE
     one = json.loads(metrics_file.read_text())
     metrics_file.unlink()
-    mp.spawn(evaluate_worker, args=(free_port(), params, root), nprocs=2, join=True)
+    mp.spawn(evaluate_worker, args=(free_port(), params, root, str(tmp_path)), nprocs=2, join=True)
     two = json.loads((eval_dir(params, root) / METRICS_FILE).read_text())
     assert one == two
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"seen{rank}.json").read_text())
+        assert seen and all(s == [rank, 2] for s in seen)
