@@ -15,6 +15,12 @@ ann: for each geometry and N, the approximate index (`multigeometry.ann`, the de
     measures several candidate counts on one index (built once).
 real: the same on the embeddings of a trained model's split (`--model data/models/default/model.pt`): every text
     query against every other modality, approximate (threshold forced to 0) against exact.
+sharded: exact ranks with the gallery split into `--shards` contiguous shards (`rank_by_groups_sharded`) against the
+    unsharded `rank_by_groups`, `--queries` queries (default N) against N items, each configuration in fresh
+    processes: unsharded (one process), every shard in one process (`InProcessReducer`), and one Gloo DDP rank a
+    shard (`DistributedReducer`, spawned processes). Per process: the ranking's seconds, its peak resident memory
+    (VmHWM reset after the data is built, so it is what the ranking adds to the queries and the shard it holds) and
+    whether its rankings equal the unsharded ones.
 
 Synthetic data: clustered like real embeddings, not uniform noise (on which no index beats a scan): 2·sqrt(N) unit
 cluster centres in D dims, items scattered around them (cosine ~0.8 to their centre), each query a noisy copy of its
@@ -24,26 +30,40 @@ weights; cones an aperture in U(0.05, 1.2).
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_retrieval.py exact [--sizes 1000 10000 50000] [--repeats 3]
        OMP_NUM_THREADS=1 python benchmarks/bench_retrieval.py ann [--sizes 10000 100000 1000000]
        OMP_NUM_THREADS=1 python benchmarks/bench_retrieval.py real --model data/models/default/model.pt
+       OMP_NUM_THREADS=1 python benchmarks/bench_retrieval.py sharded [--sizes 10000 100000] [--queries 10000]
+           [--shards 2 4] [--geometries point mixture]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
+import multiprocessing as mp
 import os
 import platform
+import re
 import resource
 import sys
+import tempfile
 import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from multigeometry.ann import ApproximateIndex, approximate_topk, similarity_kind
 from multigeometry.config import LossConfig, ModelConfig, RegistryConfig
 from multigeometry.evaluation.retrieval import blockwise_topk, rank_by_groups, summarize
+from multigeometry.evaluation.sharded import (
+    DistributedReducer,
+    GalleryShard,
+    InProcessReducer,
+    rank_by_groups_sharded,
+    shard_bounds,
+)
 from multigeometry.geometry import ConeParams, MixtureParams
 from multigeometry.losses import MainCriterion
 
@@ -200,9 +220,99 @@ def bench_real(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+    return int(match.group(1)) / 1024 if match else math.nan
+
+
+def reset_peak_rss() -> bool:
+    """Linux: reset VmHWM (the peak resident set) to the current resident set."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def sharded_job(job: dict[str, Any], rank: int, results: Any) -> None:
+    """One process of a `sharded` configuration: builds the gallery, keeps its shards of it and all queries, ranks."""
+    torch.set_num_threads(1)
+    geometry, k = GEOMETRIES[job["geometry"]]
+    n, n_q, shards = job["N"], job["queries"], job["shards"]
+    base, items = synthetic(n, job["dim"], geometry, k, seed=1)
+    _, queries = synthetic(n_q, job["dim"], geometry, k, seed=2, queries_of=base)
+    bounds = shard_bounds(n, shards)
+    own = {"unsharded": [(0, n)], "in-process": bounds, "ddp": [bounds[rank]]}[job["layout"]]
+    held = [GalleryShard(items.map(lambda t, i0=i0, i1=i1: t[i0:i1].clone()), i0) for i0, i1 in own]
+    del base, items
+    gc.collect()
+    similarity = criterion(geometry, k, job["dim"]).similarity
+    groups, query_groups = torch.arange(n), torch.arange(n_q)
+    if job["layout"] == "ddp":
+        dist.init_process_group("gloo", init_method=job["init"], rank=rank, world_size=shards)
+    reset = reset_peak_rss()
+    before = status_mib("VmRSS")
+    t = time.perf_counter()
+    with torch.no_grad():
+        if job["layout"] == "unsharded":
+            rankings = rank_by_groups(queries, held[0].items, similarity, query_groups, groups, job["block"])
+        else:
+            reducer = DistributedReducer() if job["layout"] == "ddp" else InProcessReducer()
+            rankings = rank_by_groups_sharded(queries, held, similarity, query_groups, groups, job["block"], reducer)
+    seconds = time.perf_counter() - t
+    if job["layout"] == "ddp":
+        dist.destroy_process_group()
+    # plain lists: a tensor would travel through shared memory that the exiting process takes with it
+    results.put({"rank": rank, "items": sum(i1 - i0 for i0, i1 in own), "seconds": seconds,
+                 "rss_before_mib": before, "peak_rss_mib": status_mib("VmHWM") if reset else peak_rss_mib(),
+                 "peak_reset": reset, "first_rank": rankings.first_rank.tolist(), "ap_at_r": rankings.ap_at_r.tolist()})
+
+
+def run_sharded_job(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process of one configuration, each spawned fresh; their results by rank."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    world = job["shards"] if job["layout"] == "ddp" else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        job = {**job, "init": f"file://{tmp}/rendezvous"}
+        procs = [ctx.Process(target=sharded_job, args=(job, rank, results)) for rank in range(world)]
+        for proc in procs:
+            proc.start()
+        out = [results.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+            if proc.exitcode != 0:
+                raise RuntimeError(f"{job['layout']} process exited with {proc.exitcode}")
+    return sorted(out, key=lambda r: r["rank"])
+
+
+def bench_sharded(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for n in args.sizes:
+        for name in args.geometries:
+            job = {"N": n, "queries": min(n, args.queries or n), "geometry": name, "dim": args.dim,
+                   "block": args.block}
+            [reference] = run_sharded_job({**job, "layout": "unsharded", "shards": 1})
+            layouts = [("unsharded", 1)] + [(lay, s) for s in args.shards for lay in ("in-process", "ddp")]
+            for layout, shards in layouts:
+                procs = [reference] if layout == "unsharded" else run_sharded_job(
+                    {**job, "layout": layout, "shards": shards})
+                row = {**job, "K": GEOMETRIES[name][1], "layout": layout, "shards": shards,
+                       "equal": all(p["first_rank"] == reference["first_rank"] and p["ap_at_r"] == reference["ap_at_r"]
+                                    for p in procs),
+                       "load": os.getloadavg()[0],
+                       "processes": [{key: p[key] for key in ("rank", "items", "seconds", "rss_before_mib",
+                                                             "peak_rss_mib", "peak_reset")} for p in procs]}
+                print(json.dumps(row), flush=True)
+                out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["exact", "ann", "real"])
+    parser.add_argument("what", choices=["exact", "ann", "real", "sharded"])
     parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     parser.add_argument("--dim", type=int, default=128)
@@ -216,15 +326,18 @@ def main() -> None:
     parser.add_argument("--model", help="real: a trained model.pt")
     parser.add_argument("--root", default=".", help="real: the project whose shards to embed")
     parser.add_argument("--splits", nargs="+", default=["train"], help="real: splits to embed, one gallery each")
+    parser.add_argument("--queries", type=int, help="sharded: queries (default: N)")
+    parser.add_argument("--shards", type=int, nargs="+", default=[2, 4], help="sharded: shard counts")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--threads", type=int, default=1, help="torch (and FAISS) threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.sizes is None:
-        args.sizes = [1000, 10000, 50000] if args.what == "exact" else [10000, 100000, 1000000]
+        args.sizes = {"exact": [1000, 10000, 50000], "sharded": [10000, 100000]}.get(
+            args.what, [10000, 100000, 1000000])
     print(f"command: {' '.join(sys.argv)}", flush=True)
     print(f"machine: {json.dumps(machine())}", flush=True)
-    rows = {"exact": bench_exact, "ann": bench_ann, "real": bench_real}[args.what](args)
+    rows = {"exact": bench_exact, "ann": bench_ann, "real": bench_real, "sharded": bench_sharded}[args.what](args)
     print(f"load average at the end: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

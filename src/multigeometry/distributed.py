@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -25,6 +26,17 @@ def local_only() -> Iterator[None]:
         yield
     finally:
         _LOCAL_ONLY = before
+
+
+def init_from_env(use_cuda: bool) -> bool:
+    """Join torchrun's process group (NCCL on CUDA, each rank on its LOCAL_RANK device; Gloo on CPU) when WORLD_SIZE
+    is above 1 and none is joined yet; whether it joined one (the caller then destroys it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
 
 
 def rank_and_world() -> tuple[int, int]:

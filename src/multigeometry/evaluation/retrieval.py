@@ -121,44 +121,68 @@ def block_rankings(
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} disagree")
     if lists.dim() != 2 or lists.shape[0] != scores.shape[0]:
         raise ValueError(f"positive lists {tuple(lists.shape)} do not match {scores.shape[0]} score rows")
+    check_finite(scores)
+    n_pos = (lists >= 0).sum(dim=1)
+    if scores.shape[0] == 0 or int(n_pos.max()) == 0:
+        return no_positives(n_pos)
+    values = sorted_positive_scores(scores, lists[:, : int(n_pos.max())])
+    first, ap = ranks_from_counts(values, at_or_above(scores, values, workspace), n_pos)
+    return first, ap, n_pos
+
+
+def check_finite(scores: Tensor) -> None:
+    """Raises on a non-finite score: a NaN would silently rank anywhere."""
     if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
         bad = int((~torch.isfinite(scores)).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"non-finite similarity scores (first in block row {bad}); the model output is broken")
-    b = scores.shape[0]
-    real = lists >= 0
-    n_pos = real.sum(dim=1)
-    first = torch.zeros(b, dtype=torch.long, device=scores.device)
-    ap = torch.zeros(b, dtype=torch.float64, device=scores.device)
-    if b == 0 or int(n_pos.max()) == 0:
-        return first, ap, n_pos
-    lists, real = lists[:, : int(n_pos.max())], real[:, : int(n_pos.max())]
-    values = scores.gather(1, lists.clamp_min(0)).masked_fill(~real, float("-inf"))
-    values = values.sort(dim=1, descending=True).values  # the t-th best positive's score; padding (−inf) last
-    negatives_at_or_above = at_or_above(scores, values, workspace) - at_or_above(values, values)
-    t = torch.arange(1, values.shape[1] + 1, device=scores.device)
-    ranks = negatives_at_or_above + t  # (b, P), rank of the t-th best positive
+
+
+def no_positives(n_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The results of a block in which no query has a positive: first rank 0, AP 0."""
+    zeros = torch.zeros(n_pos.shape[0], dtype=torch.long, device=n_pos.device)
+    return zeros, zeros.to(torch.float64), n_pos
+
+
+def sorted_positive_scores(scores: Tensor, lists: Tensor) -> Tensor:
+    """Each row's positive scores (b, P), best first; padding (−1 in `lists`) scores −inf and comes last."""
+    values = scores.gather(1, lists.clamp_min(0)).masked_fill(lists < 0, float("-inf"))
+    return values.sort(dim=1, descending=True).values
+
+
+def ranks_from_counts(values: Tensor, items_at_or_above: Tensor, n_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """First-positive rank and AP@R (b,) from each row's positive scores `values` (b, P, best first, −inf padding)
+    and the number of items (positives included) scoring at or above each of them, counted over the whole gallery."""
+    t = torch.arange(1, values.shape[1] + 1, device=values.device)
+    ranks = items_at_or_above - at_or_above(values, values) + t  # (b, P), rank of the t-th best positive
     real = t[None, :] <= n_pos[:, None]
     first = torch.where(n_pos > 0, ranks[:, 0], torch.zeros_like(ranks[:, 0]))
     inside = real & (ranks <= n_pos[:, None])
     ap = (t[None, :].to(torch.float64) / ranks.to(torch.float64) * inside).sum(dim=1) / n_pos.clamp_min(1)
-    return first, ap, n_pos
+    return first, ap
 
 
-def rank_blocks(
-    score_block: ScoreBlock, positive_block: ScoreBlock, n_queries: int, block_size: int
-) -> Rankings:
-    """Rankings of `n_queries` queries, scoring and reducing `block_size` of them at a time; `positive_block` gives
-    the block's positives as a bool mask or as index lists (see `block_rankings`)."""
+class Workspace:
+    """One block's comparisons (see `at_or_above`), grown when a block needs more and reused by every block."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def take(self, like: Tensor, numel: int) -> Tensor:
+        if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != like.dtype:
+            self.buffer = like.new_empty(numel)
+        return self.buffer
+
+
+BlockRanker = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]  # (i0, i1) -> block_rankings of queries i0:i1
+
+
+def rank_query_blocks(rank_block: BlockRanker, n_queries: int, block_size: int) -> Rankings:
+    """Rankings of `n_queries` queries, `block_size` of them at a time, each block ranked by `rank_block`."""
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     firsts, aps, counts = [], [], []
-    workspace: Tensor | None = None  # one block's comparisons, reused by every block
     for i0 in range(0, n_queries, block_size):
-        i1 = min(n_queries, i0 + block_size)
-        scores = score_block(i0, i1)
-        if workspace is None or workspace.numel() < scores.numel() or workspace.dtype != scores.dtype:
-            workspace = scores.new_empty(scores.numel())
-        first, ap, n_pos = block_rankings(scores, positive_block(i0, i1), workspace)
+        first, ap, n_pos = rank_block(i0, min(n_queries, i0 + block_size))
         firsts.append(first.cpu())
         aps.append(ap.cpu())
         counts.append(n_pos.cpu())
@@ -166,6 +190,20 @@ def rank_blocks(
         empty = torch.zeros(0, dtype=torch.long)
         return Rankings(empty, torch.zeros(0, dtype=torch.float64), empty)
     return Rankings(torch.cat(firsts), torch.cat(aps), torch.cat(counts))
+
+
+def rank_blocks(
+    score_block: ScoreBlock, positive_block: ScoreBlock, n_queries: int, block_size: int
+) -> Rankings:
+    """Rankings of `n_queries` queries, scoring and reducing `block_size` of them at a time; `positive_block` gives
+    the block's positives as a bool mask or as index lists (see `block_rankings`)."""
+    workspace = Workspace()
+
+    def rank_block(i0: int, i1: int) -> tuple[Tensor, Tensor, Tensor]:
+        scores = score_block(i0, i1)
+        return block_rankings(scores, positive_block(i0, i1), workspace.take(scores, scores.numel()))
+
+    return rank_query_blocks(rank_block, n_queries, block_size)
 
 
 def slice_rows(dist: Distribution, i0: int, i1: int) -> Distribution:

@@ -23,11 +23,11 @@ from multigeometry.evaluation.hierarchy import (
 from multigeometry.evaluation.retrieval import (
     blockwise_topk,
     rank_blocks,
-    rank_by_groups,
     recall_curve,
     slice_rows,
     summarize,
 )
+from multigeometry.evaluation.sharded import rank_by_groups_over_ranks
 from multigeometry.evaluation.temporal import temporal_metrics
 from multigeometry.evaluation.uncertainty import (
     ambiguity_metrics,
@@ -97,7 +97,7 @@ def evaluate_split(
             log.warning("split %s has no %s or no %s samples: %s -> %s not evaluated", split, q, i, q, i)
             continue
         name = f"{q}_to_{i}"
-        rankings = rank_by_groups(
+        rankings = rank_by_groups_over_ranks(
             emb.dists[q], emb.dists[i], trained.similarity, emb.groups(q), emb.groups(i), cfg.block_size
         )
         summary = summarize(rankings, cfg.ks)

@@ -30,7 +30,7 @@ from multigeometry.data.collate import load_tokenizer, to_device
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import read_index
-from multigeometry.distributed import local_only
+from multigeometry.distributed import init_from_env, local_only
 from multigeometry.io import write_json_atomic
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
@@ -82,8 +82,7 @@ def setup_runtime(params: Params) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     apply_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    init_from_env(use_cuda)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
