@@ -43,8 +43,8 @@ from multigeometry.inference import needs_tokens
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import shards_dir
-from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.loop import resolve_batch_size
+from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.optim import make_optimizer, param_groups
 
 
