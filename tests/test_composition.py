@@ -251,3 +251,29 @@ def test_ragged_cone_composition_equals_compose_cones_per_group():
         torch.testing.assert_close(got.direction[g], want.direction[0])
         torch.testing.assert_close(got.theta[g], want.theta[0])
     torch.testing.assert_close(got.theta[2], parts.theta[3])  # one part composes to itself
+
+
+def test_training_composes_a_random_subset_of_the_compounds_with_only_their_parts():
+    from multigeometry.models.pair_model import PairModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear")
+    model = PairModel(cfg, ["image", "text"], feature_dims={"image": 3, "text": 4}).eval()
+    # 6 rows: rows 0-4 are compounds with 2, 1, 3, 2, 2 parts; row 5 has none
+    counts = [2, 1, 3, 2, 2]
+    parts_owner = torch.tensor([r for r, c in enumerate(counts) for _ in range(c)])
+    batch = {"compound_index": torch.tensor([0, 1, 2, 3, 4, -1]), "parts_owner": parts_owner,
+             "parts.emb": torch.randn(len(parts_owner), 4)}
+    parts, owner, rows = model.compound_parts(batch)
+    assert rows.tolist() == [0, 1, 2, 3, 4] and parts.batch_size == len(parts_owner)
+    assert model.compound_parts(batch, max_rows=5)[2].tolist() == rows.tolist()
+    seen = set()
+    for _ in range(20):
+        sub_parts, sub_owner, sub_rows = model.compound_parts(batch, max_rows=2)
+        assert len(sub_rows) == 2 and sub_rows.tolist() == sorted(sub_rows.tolist())
+        seen.update(sub_rows.tolist())
+        # each kept compound brings exactly its own parts, encoded as in the full call
+        expected = [p for p, r in enumerate(parts_owner.tolist()) if r in sub_rows.tolist()]
+        assert sub_owner.tolist() == [sub_rows.tolist().index(parts_owner[p].item()) for p in expected]
+        torch.testing.assert_close(sub_parts.mu, parts.mu[torch.tensor(expected)])
+    assert seen == {0, 1, 2, 3, 4}  # every compound is drawn sometime

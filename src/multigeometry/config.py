@@ -410,6 +410,9 @@ class ComposerConfig:
     enabled: bool = True  # learn compose(parts) -> the compound's distribution (rows that carry parts)
     hidden_dim: int = bounded(128, min=4)  # width of the Deep Sets networks
     layers: int = bounded(1, min=1, max=8)  # depth of the Deep Sets networks
+    # training: compose at most this many compounds of a batch, drawn at random each step (0: every one); the
+    # composition term's cost is quadratic in them (BENCHMARKS.md, "Training throughput")
+    max_compounds: int = bounded(128, min=0)
 
 
 @dataclass(frozen=True)

@@ -108,25 +108,30 @@ class PairModel(nn.Module):
     def encode_hierarchy(self, batch: dict[str, Any]) -> Distribution | None:
         return self.encode_texts(batch, "hierarchy")
 
-    def compound_parts(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor, Tensor] | None:
-        """The parts of every row whose parts compose a description of its hierarchy: their distributions, each
-        part's compound (an index into `rows`) and those rows (indices into the batch). None where there are none."""
+    def compound_parts(
+        self, batch: dict[str, Any], max_rows: int = 0
+    ) -> tuple[Distribution, Tensor, Tensor] | None:
+        """The parts of every row whose parts compose a description of its hierarchy (of at most `max_rows` of them,
+        drawn at random, when `max_rows` > 0): their distributions, each part's compound (an index into `rows`) and
+        those rows (indices into the batch). None where there are none. Only the kept rows' parts are encoded."""
         rows = torch.nonzero(batch["compound_index"] >= 0).squeeze(1) if "compound_index" in batch else None
-        if rows is None or rows.numel() == 0:
+        if rows is None or rows.numel() == 0 or not len(batch.get("parts_owner", ())):
             return None
-        parts = self.encode_texts(batch, "parts")
-        if parts is None:
-            return None
+        if 0 < max_rows < rows.numel():
+            rows = rows[torch.randperm(rows.numel(), device=rows.device)[:max_rows]].sort().values
         device = batch["compound_index"].device
         slot = torch.full((len(batch["compound_index"]),), -1, dtype=torch.long, device=device)
         slot[rows] = torch.arange(rows.numel(), device=device)
         owner = slot[batch["parts_owner"].to(device)]
-        keep = owner >= 0
-        return parts.map(lambda t: t[keep.to(t.device)]), owner[keep], rows
+        keep = torch.nonzero(owner >= 0).squeeze(1)
+        parts = self.encode_texts(batch, "parts", keep)
+        if parts is None:
+            return None
+        return parts, owner[keep], rows
 
-    def compose(self, batch: dict[str, Any]) -> tuple[Distribution, Tensor] | None:
+    def compose(self, batch: dict[str, Any], max_rows: int = 0) -> tuple[Distribution, Tensor] | None:
         """compose(parts) through the compositional layer for the rows of `compound_parts`: (distributions, rows)."""
-        found = self.compound_parts(batch) if self.composer is not None else None
+        found = self.compound_parts(batch, max_rows) if self.composer is not None else None
         if found is None:
             return None
         parts, owner, rows = found

@@ -115,7 +115,8 @@ class TrainModule(nn.Module):
 
     def _composition(self, batch: dict[str, Any], general: Distribution | None) -> Tensor | None:
         """The composition term: compose(parts) of the rows with parts against their compound descriptions."""
-        composed = self.model.compose(batch)
+        # a random subset of the compounds a step (`model.composer.max_compounds`): the term's cost is quadratic in them
+        composed = self.model.compose(batch, self.model.cfg.composer.max_compounds if self.training else 0)
         if composed is None:
             return None
         dist, rows = composed
