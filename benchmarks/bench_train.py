@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multigeometry.config import Params, load_params
+from multigeometry.config import LossConfig, Params, load_params
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
 from multigeometry.inference import needs_tokens
@@ -49,12 +49,15 @@ from multigeometry.training.optim import make_optimizer
 class PlainClipLoss(nn.Module):
     """OpenCLIP's ClipLoss on one-component point embeddings: the baseline every other variant is measured against."""
 
-    def __init__(self, init_logit_scale: float) -> None:
+    def __init__(self, loss_cfg: LossConfig) -> None:
         super().__init__()
-        self.log_logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)).log())
-        self.cfg = None
+        self.log_logit_scale = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_scale)).log())
+        # TrainModule reads the extra terms' weights from the criterion's config: none of them for the baseline
+        self.cfg = replace(loss_cfg, mixup=0.0, composition_weight=0.0, temporal_weight=0.0,
+                           hierarchy_contrastive_weight=0.0)
 
-    def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None) -> dict[str, Tensor]:
+    def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
+                soft_rows: Any = None) -> dict[str, Tensor]:
         fa, fb = F.normalize(a.mu[:, 0], dim=-1), F.normalize(b.mu[:, 0], dim=-1)
         logits = self.log_logit_scale.exp() * fa @ fb.T
         labels = torch.arange(len(fa), device=fa.device)
@@ -77,7 +80,7 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     torch.manual_seed(params.seed)
     p = variant_params(params, name)
     model = PairModel.from_index(p, index, vocab_size=vocab)
-    criterion = PlainClipLoss(p.loss.init_logit_scale) if name == "clip" else MainCriterion(p.loss, p.model)
+    criterion = PlainClipLoss(p.loss) if name == "clip" else MainCriterion(p.loss, p.model)
     module = TrainModule(model, criterion)
     return module, make_optimizer([module], p.train)
 
