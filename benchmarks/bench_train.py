@@ -55,6 +55,7 @@ class PlainClipLoss(nn.Module):
         # TrainModule reads the extra terms' weights from the criterion's config: none of them for the baseline
         self.cfg = replace(loss_cfg, mixup=0.0, composition_weight=0.0, temporal_weight=0.0,
                            hierarchy_contrastive_weight=0.0)
+        self.uses_hierarchy = False
 
     def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
                 soft_rows: Any = None) -> dict[str, Tensor]:
@@ -80,7 +81,8 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     torch.manual_seed(params.seed)
     p = variant_params(params, name)
     model = PairModel.from_index(p, index, vocab_size=vocab)
-    criterion = PlainClipLoss(p.loss) if name == "clip" else MainCriterion(p.loss, p.model)
+    criterion = PlainClipLoss(p.loss) if name == "clip" \
+        else MainCriterion(p.loss, p.model, similarity=model.similarity)
     module = TrainModule(model, criterion)
     return module, make_optimizer([module], p.train)
 

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from multigeometry.geometry.distribution import Distribution, device_of
-from multigeometry.geometry.search import SimilarityKind, search_vectors
-from multigeometry.losses import MainCriterion
+from multigeometry.geometry.search import search_vectors
+from multigeometry.geometry.similarity import SimilarityKind
 
 log = logging.getLogger(__name__)
 Similarity = Callable[[Distribution, Distribution], Tensor]
@@ -39,11 +39,6 @@ ADD_CHUNK_ROWS = 1 << 17
 def auto_nlist(rows: int) -> int:
     """FAISS's rule of thumb, about 4·sqrt(rows) lists, with at least MIN_POINTS_PER_LIST rows a list."""
     return max(1, min(int(round(4 * math.sqrt(rows))), rows // MIN_POINTS_PER_LIST))
-
-
-def similarity_kind(criterion: MainCriterion) -> SimilarityKind:
-    """What `search_vectors` must encode for a model's similarity: a cone's own, else the criterion's kind."""
-    return "cone" if criterion.geometry == "cone" else criterion.similarity_kind  # type: ignore[return-value]
 
 
 def _faiss():  # noqa: ANN202 - the module

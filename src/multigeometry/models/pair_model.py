@@ -1,4 +1,6 @@
-"""PairModel: one encoder and one head per modality; encodes whatever modalities a batch carries."""
+"""PairModel: one encoder and one head per modality; encodes whatever modalities a batch carries, and holds the
+similarity its distributions are compared by (`geometry.similarity`), so that whatever scores them (the loss,
+evaluation, search) asks the model rather than the loss."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig, Params, ParamsError
 from multigeometry.geometry.distribution import Distribution
+from multigeometry.geometry.similarity import Similarity
 from multigeometry.models.composition import Composer
 from multigeometry.models.encoders import build_encoder
 from multigeometry.models.heads import make_head
@@ -26,9 +29,12 @@ class PairModel(nn.Module):
         vocab_size: int | None = None,
         n_mels: int = 80,
         audio_normalization: dict | None = None,
+        similarity: Similarity | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        # the geometry's own similarity under `loss.similarity: auto` unless given (`from_index` reads params.loss)
+        self.similarity = similarity or Similarity.for_model(cfg.geometry, "auto", cfg.n_components)
         self.modalities = sorted(set(modalities))
         feature_dims = feature_dims or {}
         feature_stats = feature_stats or {}
@@ -81,6 +87,7 @@ class PairModel(nn.Module):
             vocab_size=vocab_size,
             n_mels=int(features.get("audio.feat", {}).get("n_mels", params.audio.n_mels)),
             audio_normalization=index.get("normalization", {}).get("audio.feat"),
+            similarity=Similarity.from_config(params.model, params.loss),
         )
 
     def encode(self, batch: dict[str, Any], modality: str) -> Distribution:

@@ -144,7 +144,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
-        self.module = TrainModule(model, MainCriterion(params.loss, params.model)).to(self.rt.device)
+        criterion = MainCriterion(params.loss, params.model, similarity=model.similarity)
+        self.module = TrainModule(model, criterion).to(self.rt.device)
         if self.cfg.compile:
             compile_encoders(model)
         self.optimizer = make_optimizer([self.module], self.cfg)

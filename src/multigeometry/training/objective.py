@@ -91,7 +91,7 @@ class TrainModule(nn.Module):
             if mixed is not None:
                 batch, soft_rows = mixed
         dists = self.model(batch, self._modalities(batch))
-        general = self.model.encode_hierarchy(batch) if self._needs_hierarchy() else None
+        general = self.model.encode_hierarchy(batch) if self.criterion.uses_hierarchy else None
         batches = [batch] if cached is None else cached_batches
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
         terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0, soft_rows)
@@ -130,13 +130,6 @@ class TrainModule(nn.Module):
         if compound is None:
             return None
         return self.criterion.composition(dist, compound, batch["compound_group"][rows])
-
-    def _needs_hierarchy(self) -> bool:
-        """Whether a hierarchy term of this geometry is on (then the batch's general descriptions are encoded)."""
-        cfg, geometry = self.criterion.cfg, self.model.cfg.geometry
-        return (cfg.hierarchy_contrastive_weight > 0
-                or (geometry == "cone" and (cfg.entailment_weight > 0 or cfg.aperture_weight > 0))
-                or (geometry == "mixture" and cfg.inclusion_weight > 0))
 
     @staticmethod
     def _modalities(batch: dict[str, Any]) -> list[str]:
