@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multigeometry.config import LossConfig, Params, load_params
+from multigeometry.data.batch import Batch
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
 from multigeometry.inference import needs_tokens
@@ -87,11 +88,11 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     return module, make_optimizer([module], p.train)
 
 
-def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[Batch]:
     shards = shards_dir(params)
     dataset = IterableStylePairDataset(shards, "train", params, train=True, rank=rank, world_size=world, resampled=True)
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
-    batches: list[dict[str, Any]] = []
+    batches: list[Batch] = []
     epoch = 0
     while len(batches) < n:  # as many epochs as n batches take
         dataset.set_epoch(epoch)
@@ -102,7 +103,7 @@ def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[
 
 
 def step(
-    module: TrainModule, optimizer: torch.optim.Optimizer, batch: dict, clip: float, ddp: nn.Module | None
+    module: TrainModule, optimizer: torch.optim.Optimizer, batch: Batch, clip: float, ddp: nn.Module | None
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
     accumulated_backward(module, [batch], ddp)
@@ -121,7 +122,7 @@ def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
     for module, optimizer in built.values():  # one warm-up step each
         step(module, optimizer, batches[0], params.train.grad_clip, None)
     seconds = dict.fromkeys(names, 0.0)
-    samples = sum(len(b["group_ids"]) for b in batches)
+    samples = sum(len(b) for b in batches)
     for _ in range(rounds):
         for name in names:
             module, optimizer = built[name]
@@ -149,7 +150,7 @@ def _rank_worker(rank: int, world: int, port: int, params: Params, steps: int, t
             step(module, optimizer, batch, params.train.grad_clip, ddp)
         dist.barrier()
         elapsed = time.perf_counter() - started
-        total = torch.tensor(float(sum(len(b["group_ids"]) for b in batches)))
+        total = torch.tensor(float(sum(len(b) for b in batches)))
         dist.all_reduce(total)
         if rank == 0:
             out.put(float(total) / elapsed)

@@ -54,15 +54,15 @@ def test_collate_points_each_compound_at_its_hierarchy_entry():
     ]
     collate = Collator(DatasetPairConfig(), LoaderConfig(tokenizer=""))
     batch = collate(examples)
-    assert batch["compound_index"].tolist() == [2, 5, 8, -1]
-    assert [batch["hierarchy_raw"][i] for i in (2, 5, 8)] == [
+    assert batch.compound_index.tolist() == [2, 5, 8, -1]
+    assert [batch.general.raw[i] for i in (2, 5, 8)] == [
         "a red circle", "a red circle and a blue square", "a circle that is red"]
-    assert batch["parts_owner"].tolist() == [0, 0, 1, 1, 2, 2]
-    assert batch["parts_raw"][2:4] == ["a red circle", "a blue square"]
-    assert batch["parts.emb"].shape == (6, 3)
-    groups = batch["compound_group"].tolist()
+    assert batch.parts.owner.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.parts.raw[2:4] == ["a red circle", "a blue square"]
+    assert batch.parts.features.shape == (6, 3) and batch.parts.tokens is None
+    groups = batch.compound_group.tolist()
     assert groups[0] == groups[2] != groups[1]  # two paraphrases of one meaning share a key
-    assert batch["hierarchy_parent"].tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7, -1, 9, 10]
+    assert batch.hierarchy_parent.tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7, -1, 9, 10]
 
 
 GEOMETRIES = {

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import Distribution, concat, select_rows
 from multigeometry.models.temporal import checked_rows, time_variants
 
@@ -46,18 +47,18 @@ class TemporalCollector:
         self.owners: list[Tensor] = []
         self.rows = 0
 
-    def add(self, model: Any, batch: dict[str, Any], on_device: dict[str, Any]) -> None:
+    def add(self, model: Any, batch: Batch, on_device: Batch) -> None:
         """The batch's checked rows (`models.temporal.checked_rows`)."""
         checked = checked_rows(batch)
-        contrasts = model.encode_texts(on_device, "temporal_contrasts") if checked is not None else None
+        contrasts = model.encode_texts(on_device.temporal_contrasts) if checked is not None else None
         if checked is None or contrasts is None:
             return
         keep, entries, owner = checked
-        device = on_device["video.emb"].device
-        clips = time_variants(on_device["video.emb"])
+        device = on_device.inputs["video.emb"].device
+        clips = time_variants(on_device.inputs["video.emb"])
         for name, x in zip(("forward", "backward", "shuffled"), clips, strict=False):
             self.parts[name].append(select_rows(model.encode({"video.emb": x}, "video"), keep.to(device)))
-        self.parts["captions"].append(select_rows(model.encode(on_device, "text"), keep.to(device)))
+        self.parts["captions"].append(select_rows(model.encode(on_device.inputs, "text"), keep.to(device)))
         self.parts["contrasts"].append(select_rows(contrasts, entries.to(device)))
         self.owners.append(owner + self.rows)
         self.rows += keep.numel()

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from multigeometry.config import Params
-from multigeometry.data.collate import load_tokenizer, to_device
+from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import read_index
@@ -272,7 +272,7 @@ class Trainer:
         return torch.autocast(self.rt.device.type, dtype=self.rt.autocast_dtype)
 
     def _train_step(self, group: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batches = [to_device(b, self.rt.device) for b in group]
+        batches = [b.to(self.rt.device) for b in group]
         self.optimizer.zero_grad(set_to_none=True)
         terms = accumulated_backward(self.module, batches, self.ddp, self._autocast)
         if self.cfg.grad_clip > 0:
