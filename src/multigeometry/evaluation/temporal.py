@@ -13,7 +13,6 @@ sits at chance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +21,8 @@ from torch import Tensor
 
 from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import Distribution, concat, select_rows
+from multigeometry.geometry.similarity import SimilarityFn
 from multigeometry.models.temporal import checked_rows, time_variants
-
-Similarity = Callable[[Any, Any], Tensor]
 
 
 @dataclass
@@ -83,7 +81,7 @@ def _hits(own: Tensor, best: Tensor, ties: Tensor) -> Tensor:
     return torch.where(level, 1.0 / (1.0 + ties), torch.where(own > best, 1.0, 0.0))
 
 
-def temporal_metrics(t: TemporalSet, similarity: Similarity) -> dict[str, float]:
+def temporal_metrics(t: TemporalSet, similarity: SimilarityFn) -> dict[str, float]:
     """`text_to_video/temporal_R@1`, `video_to_text/temporal_R@1` and their mean `video/temporal_R@1`."""
     own = similarity(t.captions, t.forward).diagonal()
     clips = [similarity(t.captions, t.backward).diagonal()]

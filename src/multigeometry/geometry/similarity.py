@@ -13,6 +13,7 @@ multiplies it in the loss is the loss's: retrieval ranks by the similarity alone
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -24,6 +25,8 @@ from multigeometry.geometry.distribution import CONE, MIXTURE, Distribution, Fam
 from multigeometry.geometry.mixture import csd_similarity, point_similarity, product_kernel_similarity
 
 SimilarityKind = Literal["point", "csd", "product_kernel", "cone"]
+# what scores rows against rows, (B, B'): a `Similarity`, or any function of that shape (tests pass plain ones)
+SimilarityFn = Callable[[Distribution, Distribution], Tensor]
 PRODUCT_KERNEL_MAX_ELEMENTS = 1 << 22
 
 if TYPE_CHECKING:
