@@ -2,7 +2,7 @@
 against exact search, on synthetic galleries (and optionally the real embeddings of a trained model).
 
 exact: for each geometry and N, N queries against N items (query i's positive: item i), ranked by the evaluate
-    stage's code (`rank_by_groups` with the geometry's own similarity through `MainCriterion.similarity`, blocks of
+    stage's code (`rank_by_groups` with the geometry's own similarity, `geometry.similarity`, blocks of
     `--block` queries, counting ranks) against the anchor: a plain blockwise `matmul` + `topk(10)` over the same
     embedding vectors — the means of a point, the axes of a cone, the N·K component means of a mixture (against N·K
     query component means: the products a mixture similarity needs). Interleaved repeats, best of each; the ratio is
@@ -54,8 +54,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from multigeometry.ann import ApproximateIndex, approximate_topk, similarity_kind
-from multigeometry.config import LossConfig, ModelConfig, RegistryConfig
+from multigeometry.ann import ApproximateIndex, approximate_topk
+from multigeometry.config import RegistryConfig
 from multigeometry.evaluation.retrieval import blockwise_topk, rank_by_groups, summarize
 from multigeometry.evaluation.sharded import (
     DistributedReducer,
@@ -65,7 +65,7 @@ from multigeometry.evaluation.sharded import (
     shard_bounds,
 )
 from multigeometry.geometry import ConeParams, MixtureParams
-from multigeometry.losses import MainCriterion
+from multigeometry.geometry.similarity import Similarity
 
 GEOMETRIES = {"point": ("point", 1), "cone": ("cone", 1), "mixture": ("mixture", 2)}
 
@@ -99,8 +99,9 @@ def synthetic(n: int, d: int, geometry: str, k: int, seed: int, queries_of: Any 
     return base, MixtureParams(torch.randn(n, k, generator=g), mu, -9.0 + 6.0 * torch.rand(n, k, d, generator=g))
 
 
-def criterion(geometry: str, k: int, d: int) -> MainCriterion:
-    return MainCriterion(LossConfig(), ModelConfig(geometry=geometry, n_components=k, embed_dim=d))
+def similarity(geometry: str, k: int) -> Similarity:
+    """The similarity of a model of `geometry` with k components under the default `loss.similarity: auto`."""
+    return Similarity.for_model(geometry, "auto", k)
 
 
 def anchor_vectors(dist: Any) -> torch.Tensor:
@@ -116,14 +117,14 @@ def bench_exact(args: argparse.Namespace) -> list[dict[str, Any]]:
             geometry, k = GEOMETRIES[name]
             base, items = synthetic(n, args.dim, geometry, k, seed=1)
             _, queries = synthetic(n, args.dim, geometry, k, seed=2, queries_of=base)
-            crit = criterion(geometry, k, args.dim)
+            sim = similarity(geometry, k)
             groups = torch.arange(n)
             x, y = anchor_vectors(queries), anchor_vectors(items)
             qblock = args.block * (x.shape[0] // n)  # the same queries a block: their K component rows
 
-            def project(queries: Any = queries, items: Any = items, crit: MainCriterion = crit,
+            def project(queries: Any = queries, items: Any = items, sim: Similarity = sim,
                         groups: torch.Tensor = groups) -> float:
-                rankings = rank_by_groups(queries, items, crit.similarity, groups, groups, args.block)
+                rankings = rank_by_groups(queries, items, sim, groups, groups, args.block)
                 return summarize(rankings, (1,))["R@1"]
 
             def anchor(x: torch.Tensor = x, y: torch.Tensor = y, qblock: int = qblock) -> None:
@@ -193,9 +194,8 @@ def bench_ann(args: argparse.Namespace) -> list[dict[str, Any]]:
             base, items = synthetic(n, args.dim, geometry, k, seed=1)
             _, queries = synthetic(min(n, args.ann_queries), args.dim, geometry, k, seed=2, queries_of=base)
             del base
-            crit = criterion(geometry, k, args.dim)
-            out += ann_rows(name, queries, items, crit.similarity, similarity_kind(crit), crit.cfg.csd_tau, cfg,
-                            candidates)
+            sim = similarity(geometry, k)
+            out += ann_rows(name, queries, items, sim, sim.kind, sim.csd_tau, cfg, candidates)
     return out
 
 
@@ -207,7 +207,7 @@ def bench_real(args: argparse.Namespace) -> list[dict[str, Any]]:
     from multigeometry.paths import shards_dir
 
     trained = load_trained(args.model)
-    kind = similarity_kind(trained.criterion)
+    kind = trained.model.similarity.kind
     cfg = trained.params.registry
     out = []
     for split in args.splits:
@@ -248,7 +248,7 @@ def sharded_job(job: dict[str, Any], rank: int, results: Any) -> None:
     held = [GalleryShard(items.map(lambda t, i0=i0, i1=i1: t[i0:i1].clone()), i0) for i0, i1 in own]
     del base, items
     gc.collect()
-    similarity = criterion(geometry, k, job["dim"]).similarity
+    score = similarity(geometry, k)
     groups, query_groups = torch.arange(n), torch.arange(n_q)
     if job["layout"] == "ddp":
         dist.init_process_group("gloo", init_method=job["init"], rank=rank, world_size=shards)
@@ -257,10 +257,10 @@ def sharded_job(job: dict[str, Any], rank: int, results: Any) -> None:
     t = time.perf_counter()
     with torch.no_grad():
         if job["layout"] == "unsharded":
-            rankings = rank_by_groups(queries, held[0].items, similarity, query_groups, groups, job["block"])
+            rankings = rank_by_groups(queries, held[0].items, score, query_groups, groups, job["block"])
         else:
             reducer = DistributedReducer() if job["layout"] == "ddp" else InProcessReducer()
-            rankings = rank_by_groups_sharded(queries, held, similarity, query_groups, groups, job["block"], reducer)
+            rankings = rank_by_groups_sharded(queries, held, score, query_groups, groups, job["block"], reducer)
     seconds = time.perf_counter() - t
     if job["layout"] == "ddp":
         dist.destroy_process_group()

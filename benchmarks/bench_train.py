@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multigeometry.config import LossConfig, Params, load_params
+from multigeometry.data.batch import Batch
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
 from multigeometry.inference import needs_tokens
@@ -51,11 +52,13 @@ from multigeometry.training.optim import make_optimizer, param_groups
 class PlainClipLoss(nn.Module):
     """OpenCLIP's ClipLoss on one-component point embeddings: the baseline every other variant is measured against."""
 
-    def __init__(self, init_logit_scale: float) -> None:
+    def __init__(self, loss_cfg: LossConfig) -> None:
         super().__init__()
-        self.log_logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)).log())
-        # TrainModule reads its extra terms' weights from here: all off, as in OpenCLIP
-        self.cfg = LossConfig(composition_weight=0.0, temporal_weight=0.0, entailment_weight=0.0)
+        self.log_logit_scale = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_scale)).log())
+        # TrainModule reads the extra terms' weights from the criterion's config: none of them for the baseline
+        self.cfg = replace(loss_cfg, mixup=0.0, composition_weight=0.0, temporal_weight=0.0,
+                           hierarchy_contrastive_weight=0.0)
+        self.uses_hierarchy = False
 
     def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
                 soft_rows: Any = None) -> dict[str, Tensor]:
@@ -81,7 +84,8 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     torch.manual_seed(params.seed)
     p = variant_params(params, name)
     model = PairModel.from_index(p, index, vocab_size=vocab)
-    criterion = PlainClipLoss(p.loss.init_logit_scale) if name == "clip" else MainCriterion(p.loss, p.model)
+    criterion = PlainClipLoss(p.loss) if name == "clip" \
+        else MainCriterion(p.loss, p.model, similarity=model.similarity)
     module = TrainModule(model, criterion)
     if name == "unfused-adamw":  # torch's per-tensor AdamW, as before the fused kernel was the default
         cfg = p.train
@@ -90,11 +94,11 @@ def build(params: Params, name: str, index: dict, vocab: int | None) -> tuple[Tr
     return module, make_optimizer([module], p.train)
 
 
-def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[Batch]:
     shards = shards_dir(params)
     dataset = IterableStylePairDataset(shards, "train", params, train=True, rank=rank, world_size=world, resampled=True)
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
-    batches: list[dict[str, Any]] = []
+    batches: list[Batch] = []
     epoch = 0
     while len(batches) < n:  # as many epochs as n batches take
         dataset.set_epoch(epoch)
@@ -105,7 +109,7 @@ def read_batches(params: Params, n: int, rank: int = 0, world: int = 1) -> list[
 
 
 def step(
-    module: TrainModule, optimizer: torch.optim.Optimizer, batch: dict, clip: float, ddp: nn.Module | None
+    module: TrainModule, optimizer: torch.optim.Optimizer, batch: Batch, clip: float, ddp: nn.Module | None
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
     accumulated_backward(module, [batch], ddp)
@@ -124,7 +128,7 @@ def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
     for module, optimizer in built.values():  # one warm-up step each
         step(module, optimizer, batches[0], params.train.grad_clip, None)
     seconds = dict.fromkeys(names, 0.0)
-    samples = sum(len(b["group_ids"]) for b in batches)
+    samples = sum(len(b) for b in batches)
     for _ in range(rounds):
         for name in names:
             module, optimizer = built[name]
@@ -152,7 +156,7 @@ def _rank_worker(rank: int, world: int, port: int, params: Params, steps: int, t
             step(module, optimizer, batch, params.train.grad_clip, ddp)
         dist.barrier()
         elapsed = time.perf_counter() - started
-        total = torch.tensor(float(sum(len(b["group_ids"]) for b in batches)))
+        total = torch.tensor(float(sum(len(b) for b in batches)))
         dist.all_reduce(total)
         if rank == 0:
             out.put(float(total) / elapsed)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multigeometry.ann import ApproximateIndex, approximate_topk, similarity_kind
+from multigeometry.ann import ApproximateIndex, approximate_topk
 from multigeometry.config import RegistryConfig, params_from_dict
 from multigeometry.evaluation.retrieval import blockwise_topk
 from multigeometry.geometry import ConeParams, MixtureParams
 from multigeometry.geometry.search import search_vectors
-from multigeometry.losses import MainCriterion
+from multigeometry.geometry.similarity import Similarity
 
 D = 16
 
@@ -37,23 +37,22 @@ def gallery(n: int, geometry: str, seed: int, near: torch.Tensor | None = None) 
     return base, MixtureParams(torch.randn(n, 2, generator=g), mu, -9.0 + 6.0 * torch.rand(n, 2, D, generator=g))
 
 
-def criterion(geometry: str) -> MainCriterion:
+def similarity(geometry: str) -> Similarity:
     params = params_from_dict({"model": {"geometry": geometry, "embed_dim": D, "n_components": 2 if geometry ==
                                          "mixture" else 1}})
-    return MainCriterion(params.loss, params.model)
+    return Similarity.from_config(params.model, params.loss)
 
 
 @pytest.mark.parametrize("geometry", ["point", "cone", "mixture"])
 def test_approximate_search_returns_the_exact_top_1_on_a_small_gallery(geometry: str):
     base, items = gallery(3000, geometry, seed=1)
     _, queries = gallery(200, geometry, seed=2, near=base)
-    crit, cfg = criterion(geometry), RegistryConfig()
-    index = ApproximateIndex.build(items, similarity_kind(crit), crit.cfg.csd_tau, cfg.ann_nlist,
-                                   cfg.ann_train_per_list)
+    sim, cfg = similarity(geometry), RegistryConfig()
+    index = ApproximateIndex.build(items, sim.kind, sim.csd_tau, cfg.ann_nlist, cfg.ann_train_per_list)
     assert index.components == (2 if geometry == "mixture" else 1) and index.nlist > cfg.ann_nprobe  # not a scan
     with torch.no_grad():
-        exact_scores, exact = blockwise_topk(queries, items, crit.similarity, 10)
-        scores, found = approximate_topk(queries, items, crit.similarity, index, 10, cfg.ann_candidates,
+        exact_scores, exact = blockwise_topk(queries, items, sim, 10)
+        scores, found = approximate_topk(queries, items, sim, index, 10, cfg.ann_candidates,
                                          cfg.ann_nprobe)
     assert torch.equal(found[:, 0], exact[:, 0])
     torch.testing.assert_close(scores[:, 0], exact_scores[:, 0])  # the geometry's own score, not FAISS's
@@ -89,7 +88,7 @@ def test_search_switches_to_approximate_search_at_the_threshold():
                                          "image": {"hidden_dim": 8, "layers": 1},
                                          "text": {"hidden_dim": 8, "layers": 1, "lock": False}}})
     model = PairModel(params.model, ["image", "text"], feature_dims={"image": 4, "text": 4})
-    trained = TrainedModel(model, MainCriterion(params.loss, params.model), params, {}, None, {})
+    trained = TrainedModel(model, params, {}, None, {})
     n = 2000
     base, items = gallery(n, "point", seed=5)
     _, queries = gallery(20, "point", seed=6, near=base)

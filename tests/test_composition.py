@@ -54,15 +54,15 @@ def test_collate_points_each_compound_at_its_hierarchy_entry():
     ]
     collate = Collator(DatasetPairConfig(), LoaderConfig(tokenizer=""))
     batch = collate(examples)
-    assert batch["compound_index"].tolist() == [2, 5, 8, -1]
-    assert [batch["hierarchy_raw"][i] for i in (2, 5, 8)] == [
+    assert batch.compound_index.tolist() == [2, 5, 8, -1]
+    assert [batch.general.raw[i] for i in (2, 5, 8)] == [
         "a red circle", "a red circle and a blue square", "a circle that is red"]
-    assert batch["parts_owner"].tolist() == [0, 0, 1, 1, 2, 2]
-    assert batch["parts_raw"][2:4] == ["a red circle", "a blue square"]
-    assert batch["parts.emb"].shape == (6, 3)
-    groups = batch["compound_group"].tolist()
+    assert batch.parts.owner.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.parts.raw[2:4] == ["a red circle", "a blue square"]
+    assert batch.parts.features.shape == (6, 3) and batch.parts.tokens is None
+    groups = batch.compound_group.tolist()
     assert groups[0] == groups[2] != groups[1]  # two paraphrases of one meaning share a key
-    assert batch["hierarchy_parent"].tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7, -1, 9, 10]
+    assert batch.hierarchy_parent.tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7, -1, 9, 10]
 
 
 GEOMETRIES = {
@@ -254,6 +254,7 @@ def test_ragged_cone_composition_equals_compose_cones_per_group():
 
 
 def test_training_composes_a_random_subset_of_the_compounds_with_only_their_parts():
+    from multigeometry.data.batch import Batch, Texts
     from multigeometry.models.pair_model import PairModel
 
     torch.manual_seed(0)
@@ -262,8 +263,9 @@ def test_training_composes_a_random_subset_of_the_compounds_with_only_their_part
     # 6 rows: rows 0-4 are compounds with 2, 1, 3, 2, 2 parts; row 5 has none
     counts = [2, 1, 3, 2, 2]
     parts_owner = torch.tensor([r for r, c in enumerate(counts) for _ in range(c)])
-    batch = {"compound_index": torch.tensor([0, 1, 2, 3, 4, -1]), "parts_owner": parts_owner,
-             "parts.emb": torch.randn(len(parts_owner), 4)}
+    parts_texts = Texts(parts_owner, [f"part {p}" for p in range(len(parts_owner))],
+                        torch.arange(len(parts_owner)), features=torch.randn(len(parts_owner), 4))
+    batch = Batch(torch.arange(6), {}, [], {}, parts=parts_texts, compound_index=torch.tensor([0, 1, 2, 3, 4, -1]))
     parts, owner, rows = model.compound_parts(batch)
     assert rows.tolist() == [0, 1, 2, 3, 4] and parts.batch_size == len(parts_owner)
     assert model.compound_parts(batch, max_rows=5)[2].tolist() == rows.tolist()

@@ -37,7 +37,7 @@ def shards(prepared_world):
 
 
 def _ids(loader) -> list[str]:
-    return [sid for batch in loader for sid in batch["sample_id"]]
+    return [sid for batch in loader for sid in batch.sample_id]
 
 
 def test_two_ranks_two_workers_see_every_training_sample_once(shards):
@@ -104,8 +104,8 @@ def test_map_style_and_streaming_yield_the_same_samples(shards):
                 assert value == b[key]
     batch_a = collate([mapped[i] for i in range(len(mapped))])
     batch_b = collate([streamed[mapped[i]["sample_id"]] for i in range(len(mapped))])
-    torch.testing.assert_close(batch_a["audio"], batch_b["audio"])
-    torch.testing.assert_close(batch_a["image"], batch_b["image"])
+    torch.testing.assert_close(batch_a.inputs["audio"], batch_b.inputs["audio"])
+    torch.testing.assert_close(batch_a.inputs["image"], batch_b.inputs["image"])
 
 
 def test_collated_batch_marks_groups_and_pairs(shards):
@@ -114,13 +114,13 @@ def test_collated_batch_marks_groups_and_pairs(shards):
     examples = list(IterableStylePairDataset(out, "train", params))[:3]
     examples.append(dict(examples[0], sample_id="copy"))  # a second caption of the first group
     batch = Collator(params.pairs, params.loader)(examples)
-    assert batch["group_ids"][0] == batch["group_ids"][3] == group_key(examples[0]["group_id"])
-    assert batch["group_ids"][1] != batch["group_ids"][0]
-    assert batch["image"].shape == (4, 3, 96, 96)
-    assert batch["audio"].shape[:2] == (4, 80)
-    assert int(batch["audio_lengths"].max()) == batch["audio"].shape[2]
-    assert [p[:2] for p in batch["pairs"]] == [("image", "text"), ("audio", "text"), ("code", "text")]
-    assert batch["text_raw"][0] == examples[0]["text"]
+    assert batch.group_ids[0] == batch.group_ids[3] == group_key(examples[0]["group_id"])
+    assert batch.group_ids[1] != batch.group_ids[0]
+    assert batch.inputs["image"].shape == (4, 3, 96, 96)
+    assert batch.inputs["audio"].shape[:2] == (4, 80)
+    assert int(batch.inputs["audio_lengths"].max()) == batch.inputs["audio"].shape[2]
+    assert [p[:2] for p in batch.pairs] == [("image", "text"), ("audio", "text"), ("code", "text")]
+    assert batch.raw["text"][0] == examples[0]["text"]
 
 
 def test_models_that_read_features_only_decode_no_images_log_mels_or_tokens(shards):
@@ -135,8 +135,10 @@ def test_models_that_read_features_only_decode_no_images_log_mels_or_tokens(shar
         mapped = PairDataset(params, "val", root=root)[0]
         assert ("image" in mapped) == has_image and "audio" not in mapped
         batch = next(iter(make_loader(IterableStylePairDataset(out, "train", params), params, workers=0)))
-        assert "text" not in batch and "hierarchy_text" not in batch  # no encoder reads tokens: none made
-        assert batch["text_raw"]
+        # no encoder reads tokens: none made, for the captions nor for the hierarchy, parts and contrasts
+        assert "text" not in batch.inputs and "code" not in batch.inputs
+        assert all(t.tokens is None for t in (batch.general, batch.parts, batch.temporal_contrasts))
+        assert batch.raw["text"] and batch.general.raw
 
 
 def test_feature_only_models_read_each_shard_once_and_later_epochs_yield_the_same(shards, tmp_path):
@@ -169,9 +171,9 @@ def test_a_sample_with_only_features_of_a_modality_carries_it():
     examples = [{"sample_id": f"s{i}", "group_id": f"g{i}", "hierarchy": [], "concepts": [], "text": "a cat",
                  "image.emb": torch.ones(3)} for i in range(2)]
     batch = Collator(params.pairs, params.loader, tokenize=False)(examples)
-    assert batch["present"]["image"].all() and not batch["present"]["audio"].any()
-    assert batch["image.emb"].shape == (2, 3) and "image" not in batch
-    assert [p[:2] for p in batch["pairs"]] == [("image", "text")]
+    assert batch.present["image"].all() and not batch.present["audio"].any()
+    assert batch.inputs["image.emb"].shape == (2, 3) and "image" not in batch.inputs
+    assert [p[:2] for p in batch.pairs] == [("image", "text")]
 
 
 def test_tokenised_text_uses_the_configured_tokenizer(shards):
@@ -183,8 +185,9 @@ def test_tokenised_text_uses_the_configured_tokenizer(shards):
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     examples = list(IterableStylePairDataset(out, "train", params))[:2]
     batch = Collator(params.pairs, params.loader, tokenizer)(examples)
-    assert batch["text"]["input_ids"].shape == (2, 8)
-    assert batch["text"]["attention_mask"].dtype == torch.long
+    assert batch.inputs["text"]["input_ids"].shape == (2, 8)
+    assert batch.inputs["text"]["attention_mask"].dtype == torch.long
+    assert batch.general.tokens["input_ids"].shape == (len(batch.general), 8)  # the hierarchy's texts too
 
 
 def test_train_augmentation_is_random_and_eval_is_not():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from multigeometry.config import LossConfig, ModelConfig
+from multigeometry.data.batch import Batch
 from multigeometry.geometry.cone import ConeParams
 from multigeometry.geometry.mixture import MixtureParams, inclusion_logit
 from multigeometry.losses import (
@@ -50,14 +51,15 @@ def test_pair_labels_mark_groups_pseudo_positives_and_mixed_rows():
 
 def test_mixed_features_and_their_partners():
     x = torch.arange(12.0).reshape(4, 3)
-    batch = {"group_ids": torch.arange(4), "present": {"image": torch.ones(4, dtype=torch.bool),
-                                                       "text": torch.ones(4, dtype=torch.bool)},
-             "image.emb": x, "text.emb": x + 100}
+    batch = Batch(group_ids=torch.arange(4), pairs=[("image", "text", 1.0)],
+                  present={"image": torch.ones(4, dtype=torch.bool), "text": torch.ones(4, dtype=torch.bool)},
+                  inputs={"image.emb": x, "text.emb": x + 100})
     mixed, (lam, partner) = mix_features(batch, ["image", "text"], 1.0, torch.Generator().manual_seed(0))
     assert bool((lam >= 0.5).all() and (lam <= 1).all())
-    torch.testing.assert_close(mixed["image.emb"], lam[:, None] * x + (1 - lam[:, None]) * x[partner])
-    assert torch.equal(mixed["text.emb"], batch["text.emb"])  # text is the anchor: never mixed
-    batch["present"]["image"] = torch.tensor([True, True, False, True])
+    torch.testing.assert_close(mixed.inputs["image.emb"], lam[:, None] * x + (1 - lam[:, None]) * x[partner])
+    assert torch.equal(mixed.inputs["text.emb"], batch.inputs["text.emb"])  # text is the anchor: never mixed
+    assert torch.equal(batch.inputs["image.emb"], x)  # the batch itself is left as it was
+    batch.present["image"] = torch.tensor([True, True, False, True])
     assert mix_features(batch, ["image", "text"], 1.0) is None
 
 

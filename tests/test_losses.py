@@ -328,8 +328,8 @@ def test_the_default_similarity_follows_the_geometry() -> None:
     a = MixtureParams.point(F.normalize(torch.randn(4, 8), dim=-1))
     b = MixtureParams.point(F.normalize(torch.randn(5, 8), dim=-1))
     point = MainCriterion(LossConfig(), ModelConfig(geometry="point"))
-    assert point.similarity_kind == "point"
+    assert point.similarity.kind == "point"
     torch.testing.assert_close(point.similarity(a, b), a.mu[:, 0] @ b.mu[:, 0].T)
     mixture = MainCriterion(LossConfig(), ModelConfig(geometry="mixture"))
-    assert mixture.similarity_kind == "csd"
+    assert mixture.similarity.kind == "csd"
     torch.testing.assert_close(mixture.similarity(a, b), csd_similarity(a, b))

@@ -39,6 +39,6 @@ def test_flickr30k_preset_builds_and_runs_with_local_stand_ins(tmp_path):
                                   f"loader.tokenizer={text_dir}", "loader.augment.image_size=32"])
     model = PairModel(params.model, ["image", "text"], vocab_size=len(tokenizer))
     tokens = tokenizer(["a dog runs", "a dog"], padding=True, return_tensors="pt")
-    batch = {"image": torch.randn(2, 3, 32, 32), "text": dict(tokens)}
-    out = model(batch)
+    inputs = {"image": torch.randn(2, 3, 32, 32), "text": dict(tokens)}
+    out = {m: model.encode(inputs, m) for m in ("image", "text")}
     assert out["image"].mu.shape == (2, 4, 256) and out["text"].mu.shape == (2, 4, 256)

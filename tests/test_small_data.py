@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -16,6 +17,7 @@ from multigeometry.config import EncoderConfig, ModelConfig, ParamsError, params
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.manifest import carve_val_split
 from multigeometry.inference import load_trained
+from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import models_dir, shards_dir
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
@@ -114,7 +116,10 @@ def test_full_batch_early_stopping_keeps_the_best_validated_weights(tiny_trained
     assert resolved["loader"]["batch_size"] == train_samples
     trained = load_trained(out / MODEL_FILE)
     val = IterableStylePairDataset(shards_dir(params, root), "val", trained.params)
-    again = validate_model(TrainModule(trained.model, trained.criterion), make_loader(val, trained.params, workers=0),
+    criterion = MainCriterion(trained.params.loss, trained.params.model, similarity=trained.model.similarity)
+    with torch.no_grad():
+        criterion.log_logit_scale.fill_(math.log(trained.logit_scale))
+    again = validate_model(TrainModule(trained.model, criterion), make_loader(val, trained.params, workers=0),
                            torch.device("cpu"))
     assert again["val/mean_R@1"] == pytest.approx(selected["val/mean_R@1"])
 

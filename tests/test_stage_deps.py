@@ -175,14 +175,19 @@ def test_paths_fill_templates_from_params_and_name_unknown_keys(tmp_path):
         paths.fill("data/${data.nope}", params)
 
 
-def test_evaluation_registry_and_serving_do_not_import_training():
+def test_evaluation_registry_and_serving_do_not_import_training_or_the_loss():
     """Dependencies point one way (DESIGN.md): what evaluation, the registry and serving share with training lives
-    in geometry/, models/, data/ or tracking.py. (inference.py and ann.py still build the similarity through the
-    loss's MainCriterion; evaluation/ and registry/ reach the loss only through inference.py.)"""
+    in geometry/ (the similarity: `geometry.similarity`, held by the model), models/, data/ or tracking.py."""
     serving = ("multigeometry.evaluation", "multigeometry.registry", "multigeometry.inference", "multigeometry.search",
                "multigeometry.ann")
-    found = {m: [e.target for e in imports_of(m) if e.target.startswith("multigeometry.training")
-                 or (e.target == "multigeometry.losses" and m.startswith(serving[:2]))]
+    found = {m: [e.target for e in imports_of(m)
+                 if e.target.startswith("multigeometry.training") or e.target == "multigeometry.losses"]
              for m in package_modules() if m.startswith(serving)}
     assert {m: t for m, t in found.items() if t} == {}
-    assert "multigeometry.evaluation.suite" in found and "multigeometry.registry.register" in found
+    assert {"multigeometry.evaluation.suite", "multigeometry.registry.register", "multigeometry.inference",
+            "multigeometry.ann", "multigeometry.search"} <= set(found)
+    # nor through anything they import
+    for module in ("multigeometry.inference", "multigeometry.ann", "multigeometry.evaluation.suite"):
+        reached = closure([module])
+        assert "multigeometry.losses" not in reached and not any(m.startswith("multigeometry.training")
+                                                                 for m in reached), module

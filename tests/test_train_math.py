@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from multigeometry.config import params_from_dict
+from multigeometry.data.batch import Batch, Texts
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
 from multigeometry.training.objective import TrainModule, accumulated_backward
@@ -44,7 +45,7 @@ def make_module(geometry: str) -> TrainModule:
     return TrainModule(model, MainCriterion(params.loss, params.model)).double()
 
 
-def make_batch(rows: slice) -> dict:
+def make_batch(rows: slice) -> Batch:
     gen = torch.Generator().manual_seed(1)
     n = GLOBAL
     image = torch.randn(n, DIMS["image"], generator=gen, dtype=torch.float64)
@@ -54,16 +55,16 @@ def make_batch(rows: slice) -> dict:
     idx = torch.arange(n)[rows]
     owner = idx.repeat_interleave(2) - idx[0]
     parent = torch.stack([torch.full_like(idx, -1), torch.arange(len(idx)) * 2], 1).flatten()
-    return {
-        "image.emb": image[rows],
-        "text.emb": text[rows],
-        "group_ids": groups[rows],
-        "present": {"image": torch.ones(len(idx), dtype=torch.bool), "text": torch.ones(len(idx), dtype=torch.bool)},
-        "pairs": [("image", "text", 1.0)],
-        "hierarchy.emb": hierarchy[2 * idx[0] : 2 * (idx[-1] + 1)],
-        "hierarchy_owner": owner,
-        "hierarchy_parent": parent,
-    }
+    entries = torch.arange(2 * idx[0], 2 * (idx[-1] + 1))
+    return Batch(
+        group_ids=groups[rows],
+        present={"image": torch.ones(len(idx), dtype=torch.bool), "text": torch.ones(len(idx), dtype=torch.bool)},
+        pairs=[("image", "text", 1.0)],
+        inputs={"image.emb": image[rows], "text.emb": text[rows]},
+        general=Texts(owner=owner, raw=[f"d{e}" for e in entries.tolist()], key=entries,
+                      features=hierarchy[entries]),
+        hierarchy_parent=parent,
+    )
 
 
 def grads(module: TrainModule) -> dict[str, torch.Tensor]:

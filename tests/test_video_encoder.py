@@ -108,8 +108,8 @@ def test_a_video_text_pair_collates_and_trains(temporal):
     })
     collator = Collator(params.pairs, LoaderConfig(tokenizer=""))
     batch = collator(_examples(6))
-    assert batch["video.emb"].shape == (6, T, D) and bool(batch["present"]["video"].all())
-    assert batch["pairs"] == [("video", "text", 1.0)]
+    assert batch.inputs["video.emb"].shape == (6, T, D) and bool(batch.present["video"].all())
+    assert batch.pairs == [("video", "text", 1.0)]
     torch.manual_seed(0)
     model = PairModel(params.model, ["video", "text"], feature_dims={"video": D, "text": 10})
     module = TrainModule(model, MainCriterion(params.loss, params.model))
@@ -195,12 +195,12 @@ def test_the_temporal_term_matches_brute_force_and_trains_the_order():
     term = temporal_term(model, criterion, batch)
 
     scale = float(criterion.logit_scale().detach())
-    texts = model.encode(batch, "text")
-    contrasts = model.encode_texts(batch, "temporal_contrasts")
-    frames = batch["video.emb"]
+    texts = model.encode(batch.inputs, "text")
+    contrasts = model.encode_texts(batch.temporal_contrasts)
+    frames = batch.inputs["video.emb"]
     order = shuffled_order(T)
     clips = [model.encode({"video.emb": x}, "video") for x in (frames, frames.flip(1), frames[:, order])]
-    owner = batch["temporal_contrasts_owner"].tolist()
+    owner = batch.temporal_contrasts.owner.tolist()
     losses_t2v, losses_v2t = [], []
     for row in (0, 1, 4):
         def sim(a, ai, b, bi):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +24,10 @@ import torch
 from torch import Tensor
 
 from multigeometry.geometry.distribution import Distribution, device_of
-from multigeometry.geometry.search import SimilarityKind, search_vectors
-from multigeometry.losses import MainCriterion
+from multigeometry.geometry.search import search_vectors
+from multigeometry.geometry.similarity import SimilarityFn, SimilarityKind
 
 log = logging.getLogger(__name__)
-Similarity = Callable[[Distribution, Distribution], Tensor]
 
 # k-means needs this many training points per list (FAISS warns below it)
 MIN_POINTS_PER_LIST = 39
@@ -39,11 +37,6 @@ ADD_CHUNK_ROWS = 1 << 17
 def auto_nlist(rows: int) -> int:
     """FAISS's rule of thumb, about 4·sqrt(rows) lists, with at least MIN_POINTS_PER_LIST rows a list."""
     return max(1, min(int(round(4 * math.sqrt(rows))), rows // MIN_POINTS_PER_LIST))
-
-
-def similarity_kind(criterion: MainCriterion) -> SimilarityKind:
-    """What `search_vectors` must encode for a model's similarity: a cone's own, else the criterion's kind."""
-    return "cone" if criterion.geometry == "cone" else criterion.similarity_kind  # type: ignore[return-value]
 
 
 def _faiss():  # noqa: ANN202 - the module
@@ -124,7 +117,7 @@ class ApproximateIndex:
         return cls(index, n_items, components, kind, tau)
 
 
-def approximate_topk(queries: Distribution, items: Distribution, similarity: Similarity, index: ApproximateIndex,
+def approximate_topk(queries: Distribution, items: Distribution, similarity: SimilarityFn, index: ApproximateIndex,
                      k: int, candidates: int, nprobe: int, block_size: int = 16) -> tuple[Tensor, Tensor]:
     """The k best items of every query among its approximate candidates, scored exactly by `similarity`:
     (scores, indices), each (Q, k), best first; a query with fewer than k candidates is padded with −inf / −1.

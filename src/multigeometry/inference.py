@@ -1,9 +1,8 @@
-"""A trained model loaded from the train stage's `model.pt`: the PairModel, its params and shard index, and the
-geometry's similarity, for evaluation, registration and search."""
+"""A trained model loaded from the train stage's `model.pt`: the PairModel (with the geometry's similarity), its
+params, shard index and learned logit scale, for evaluation, registration and search."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,18 +12,18 @@ from torch import Tensor
 
 from multigeometry.config import Params, params_from_dict
 from multigeometry.data.reads import needs_tokens
-from multigeometry.losses import Distribution, MainCriterion
+from multigeometry.geometry.distribution import Distribution
 from multigeometry.models.pair_model import PairModel
 
 
 @dataclass
 class TrainedModel:
     model: PairModel
-    criterion: MainCriterion
     params: Params
     index: dict[str, Any]
     tokenizer: Any | None
     info: dict[str, Any]
+    logit_scale: float = 1.0  # the loss's learned temperature, as trained (retrieval ranks by the similarity alone)
 
     @property
     def modalities(self) -> list[str]:
@@ -32,11 +31,10 @@ class TrainedModel:
 
     def similarity(self, a: Distribution, b: Distribution) -> Tensor:
         """All pairs' similarities (rows of `a` against rows of `b`) in the model's geometry, before the logit scale."""
-        return self.criterion.similarity(a, b)
+        return self.model.similarity(a, b)
 
     def to(self, device: torch.device | str) -> TrainedModel:
         self.model.to(device)
-        self.criterion.to(device)
         return self
 
 
@@ -55,10 +53,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     model = PairModel.from_index(params, state["index"], vocab_size=len(tokenizer) if tokenizer is not None else None)
     model.load_state_dict(state["model"])
-    criterion = MainCriterion(params.loss, params.model)
-    with torch.no_grad():
-        criterion.log_logit_scale.fill_(math.log(float(state["logit_scale"])))
-    trained = TrainedModel(model, criterion, params, state["index"], tokenizer, dict(state.get("info", {})))
+    trained = TrainedModel(model, params, state["index"], tokenizer, dict(state.get("info", {})),
+                           float(torch.as_tensor(state["logit_scale"])))
     model.eval()
-    criterion.eval()
     return trained.to(device)

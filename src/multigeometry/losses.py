@@ -15,7 +15,7 @@ The terms, each returned separately (unweighted) for logging, and their weights 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,20 +26,17 @@ from torch import Tensor, nn
 from multigeometry.config import LossConfig, ModelConfig
 from multigeometry.distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world
 from multigeometry.geometry.blockwise import DEFAULT_CHUNK_ELEMENTS
-from multigeometry.geometry.cone import ConeParams, angles, cone_similarity
+from multigeometry.geometry.cone import ConeParams, angles
+from multigeometry.geometry.distribution import Distribution, family_for, family_of
 from multigeometry.geometry.mixture import (
     MixtureParams,
-    csd_similarity,
     inclusion_logit,
     mixture_kl_to_standard,
     mixture_weight_entropy,
     paired_w2_cost,
-    point_similarity,
-    product_kernel_similarity,
 )
+from multigeometry.geometry.similarity import PRODUCT_KERNEL_MAX_ELEMENTS, Similarity
 from multigeometry.geometry.sinkhorn import entropic_ot_cost
-
-Distribution = MixtureParams | ConeParams
 
 # InfoNCE blocks: 1 Mi entries (4 MiB float32); each block has two or three temporaries of this size.
 INFO_NCE_CHUNK_ELEMENTS = 1 << 20
@@ -397,14 +394,83 @@ def pair_labels(row_groups: Tensor, col_groups: Tensor, sim: Tensor | None = Non
     return labels
 
 
+Term = tuple[str, float, Tensor]  # (name, weight, unweighted value)
+
+
+def _no_terms(*_args: object) -> list[Term]:
+    return []
+
+
+def _mixture_regularisers(cfg: LossConfig, sinkhorn: SinkhornOTLoss, a: MixtureParams, b: MixtureParams) -> list[Term]:
+    """The weight entropy, the VIB's KL to N(0, I) (with variances) and the components' optimal transport."""
+    terms: list[Term] = []
+    if cfg.entropy_weight != 0 and a.n_components > 1:
+        entropy = torch.cat([mixture_weight_entropy(a.logits), mixture_weight_entropy(b.logits)]).mean()
+        terms.append(("entropy", cfg.entropy_weight, entropy))
+    if cfg.kl_weight > 0 and a.logvar is not None and b.logvar is not None:
+        terms.append(("kl", cfg.kl_weight, torch.cat([mixture_kl_to_standard(a), mixture_kl_to_standard(b)]).mean()))
+    if cfg.sinkhorn_weight > 0:
+        cost = sinkhorn(a, b)
+        terms.append(("sinkhorn", cfg.sinkhorn_weight, cost))
+        # the solver's steps, logged beside it: a count, weighted 0
+        terms.append(("sinkhorn_iters", 0.0, cost.new_tensor(float(sinkhorn.last_iters))))
+    return terms
+
+
+def _cone_hierarchy_terms(cfg: LossConfig, captions: ConeParams, items: ConeParams, hierarchy: Hierarchy) -> list[Term]:
+    terms: list[Term] = []
+    if cfg.entailment_weight > 0:
+        terms.append(("entailment", cfg.entailment_weight,
+                      entailment_loss(captions, items, hierarchy, cfg.entailment_margins)))
+    if cfg.aperture_weight > 0:
+        terms.append(("aperture_order", cfg.aperture_weight,
+                      aperture_order_loss(captions, items, hierarchy, cfg.aperture_gap)))
+    return terms
+
+
+def _mixture_hierarchy_terms(cfg: LossConfig, captions: MixtureParams, items: MixtureParams,
+                             hierarchy: Hierarchy) -> list[Term]:
+    if cfg.inclusion_weight > 0 and captions.logvar is not None and items.logvar is not None:
+        return [("inclusion", cfg.inclusion_weight, inclusion_loss(captions, items, hierarchy, cfg.inclusion_scale))]
+    return []
+
+
+@dataclass(frozen=True)
+class GeometryTerms:
+    """The loss terms only one geometry family has, keyed in `GEOMETRY_TERMS` by the family's name: a new geometry
+    with terms of its own adds an entry; one without needs none."""
+
+    # (cfg, sinkhorn, a, b) -> the regularisers of both sides of a pair
+    regularisers: Callable[..., list[Term]] = _no_terms
+    # (cfg, captions, items, hierarchy) -> the terms on the hierarchy's containment pairs
+    hierarchy: Callable[..., list[Term]] = _no_terms
+    # (cfg, model.geometry) -> whether `hierarchy` gives any term (then the batch's general descriptions are encoded)
+    uses_hierarchy: Callable[[LossConfig, str], bool] = lambda cfg, geometry: False
+
+
+GEOMETRY_TERMS: dict[str, GeometryTerms] = {
+    # inclusion needs variances, which points have not
+    "mixture": GeometryTerms(_mixture_regularisers, _mixture_hierarchy_terms,
+                             lambda cfg, geometry: geometry == "mixture" and cfg.inclusion_weight > 0),
+    "cone": GeometryTerms(hierarchy=_cone_hierarchy_terms,
+                          uses_hierarchy=lambda cfg, _: cfg.entailment_weight > 0 or cfg.aperture_weight > 0),
+}
+
+
+def geometry_terms(family_name: str) -> GeometryTerms:
+    return GEOMETRY_TERMS.get(family_name, GeometryTerms())
+
+
 class MainCriterion(nn.Module):
     """The training loss. Holds only the learnable logit scale (log-parametrised as in CLIP); the math is in
-    the functions above and in `multigeometry.geometry`.
+    the functions above and in `multigeometry.geometry`, the similarity is the model's (`geometry.similarity`, built
+    from the configs when not given) and the terms only one geometry has are its `GEOMETRY_TERMS`.
 
     forward(a, b, group_ids=None, hierarchy=None) takes both sides of a batch of pairs as `MixtureParams` (geometry
     "mixture", or "point": K = 1 without variance) or `ConeParams` (geometry "cone", whose similarity is
     `cone_similarity` whatever `loss.similarity` says); `group_ids` (B,) marks rows that describe the same thing,
-    which are never each other's negatives; `hierarchy` feeds the cone entailment term (ignored by mixtures).
+    which are never each other's negatives; `hierarchy` feeds the hierarchy terms (the geometry's own: cone
+    entailment and aperture order, mixture inclusion; and the contrastive term over each level).
     It returns the unweighted terms, "logit_scale" (detached) and "loss", the weighted total.
 
     Under DDP every rank passes its local batch (equal sizes on all ranks); features are gathered, with gradients
@@ -422,20 +488,19 @@ class MainCriterion(nn.Module):
         model_cfg: ModelConfig,
         *,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-        product_kernel_max_elements: int = 1 << 22,
+        product_kernel_max_elements: int = PRODUCT_KERNEL_MAX_ELEMENTS,
+        similarity: Similarity | None = None,
     ) -> None:
         super().__init__()
-        kind = loss_cfg.similarity
-        if kind == "auto":
-            kind = "point" if model_cfg.geometry == "point" else "csd"
-        if model_cfg.geometry == "point" and kind == "product_kernel":
-            raise ValueError("loss.similarity 'product_kernel' needs variances; model.geometry 'point' has none")
-        if model_cfg.geometry == "mixture" and kind == "point" and model_cfg.n_components != 1:
-            raise ValueError(
-                f"loss.similarity 'point' needs one component, model.n_components is {model_cfg.n_components}"
-            )
-        self.cfg, self.geometry, self.similarity_kind = loss_cfg, model_cfg.geometry, kind
-        self.chunk_elements, self.product_kernel_max_elements = chunk_elements, product_kernel_max_elements
+        self.cfg, self.geometry = loss_cfg, model_cfg.geometry
+        self.family = family_for(model_cfg.geometry)
+        self.terms = geometry_terms(self.family.name)
+        # the model's similarity when given (PairModel.similarity), else the one the configs name
+        self.similarity: Similarity = similarity or Similarity.from_config(
+            model_cfg, loss_cfg, chunk_elements=chunk_elements, product_kernel_max_elements=product_kernel_max_elements
+        )
+        if self.similarity.family is not self.family:
+            raise ValueError(f"a {self.similarity.kind} similarity for model.geometry {self.geometry!r}")
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
         if loss_cfg.objective == "sigmoid":
             self.logit_bias = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_bias)))
@@ -451,17 +516,10 @@ class MainCriterion(nn.Module):
         """Clamp the parameter into [1, max_logit_scale] in place; call after each optimizer step, as CLIP does."""
         self.log_logit_scale.clamp_(0.0, math.log(self.cfg.max_logit_scale))
 
-    def similarity(self, a: Distribution, b: Distribution) -> Tensor:
-        """Similarities of all pairs (B, B') in this criterion's geometry, before the logit scale."""
-        if isinstance(a, ConeParams) and isinstance(b, ConeParams):
-            return cone_similarity(a, b)
-        if not (isinstance(a, MixtureParams) and isinstance(b, MixtureParams)):
-            raise TypeError(f"both sides must be MixtureParams or both ConeParams, got {type(a)} and {type(b)}")
-        if self.similarity_kind == "point":
-            return point_similarity(a, b)
-        if self.similarity_kind == "csd":
-            return csd_similarity(a, b, self.cfg.csd_tau, self.chunk_elements)
-        return product_kernel_similarity(a, b, self.product_kernel_max_elements)
+    @property
+    def uses_hierarchy(self) -> bool:
+        """Whether a hierarchy term is on for this geometry (then the batch's general descriptions are encoded)."""
+        return self.cfg.hierarchy_contrastive_weight > 0 or self.terms.uses_hierarchy(self.cfg, self.geometry)
 
     def forward(
         self,
@@ -479,19 +537,10 @@ class MainCriterion(nn.Module):
         else:
             terms = {"contrastive": self._contrastive(a, b, group_ids)}
         weighted = terms["contrastive"]
-        if isinstance(a, MixtureParams) and isinstance(b, MixtureParams):
-            if cfg.entropy_weight != 0 and a.n_components > 1:
-                terms["entropy"] = torch.cat(
-                    [mixture_weight_entropy(a.logits), mixture_weight_entropy(b.logits)]
-                ).mean()
-                weighted = weighted + cfg.entropy_weight * terms["entropy"]
-            if cfg.kl_weight > 0 and a.logvar is not None and b.logvar is not None:
-                terms["kl"] = torch.cat([mixture_kl_to_standard(a), mixture_kl_to_standard(b)]).mean()
-                weighted = weighted + cfg.kl_weight * terms["kl"]
-            if cfg.sinkhorn_weight > 0:
-                terms["sinkhorn"] = self.sinkhorn(a, b)
-                terms["sinkhorn_iters"] = terms["sinkhorn"].new_tensor(float(self.sinkhorn.last_iters))
-                weighted = weighted + cfg.sinkhorn_weight * terms["sinkhorn"]
+        for name, weight, value in self.terms.regularisers(cfg, self.sinkhorn, a, b):
+            terms[name] = value
+            if weight:
+                weighted = weighted + weight * value
         if hierarchy is not None:
             weighted = weighted + self._hierarchy_terms(a, b, hierarchy, terms)
         terms["logit_scale"] = self.logit_scale().detach()
@@ -504,18 +553,7 @@ class MainCriterion(nn.Module):
         cfg = self.cfg
         captions, items = (b, a) if hierarchy.caption_side == "b" else (a, b)
         weighted = self.log_logit_scale.new_zeros(())
-        parts: list[tuple[str, float, Tensor]] = []
-        if isinstance(captions, ConeParams) and isinstance(items, ConeParams):
-            if cfg.entailment_weight > 0:
-                parts.append(("entailment", cfg.entailment_weight,
-                              entailment_loss(captions, items, hierarchy, cfg.entailment_margins)))
-            if cfg.aperture_weight > 0:
-                parts.append(("aperture_order", cfg.aperture_weight,
-                              aperture_order_loss(captions, items, hierarchy, cfg.aperture_gap)))
-        elif (isinstance(captions, MixtureParams) and isinstance(items, MixtureParams) and cfg.inclusion_weight > 0
-              and captions.logvar is not None and items.logvar is not None):
-            parts.append(("inclusion", cfg.inclusion_weight,
-                          inclusion_loss(captions, items, hierarchy, cfg.inclusion_scale)))
+        parts = self.terms.hierarchy(cfg, captions, items, hierarchy)
         if cfg.hierarchy_contrastive_weight > 0:
             parts.append(("hierarchy_contrastive", cfg.hierarchy_contrastive_weight,
                           hierarchy_contrastive(items, hierarchy, self.similarity, self.logit_scale(),
@@ -564,10 +602,9 @@ class MainCriterion(nn.Module):
         return info_nce(self.similarity(a_all, b_all), scale, None, groups_all, groups_all, eps, True, chunk)
 
     def _check(self, a: Distribution, b: Distribution, group_ids: Tensor | None) -> None:
-        expected = ConeParams if self.geometry == "cone" else MixtureParams
-        if not (isinstance(a, expected) and isinstance(b, expected)):
+        if family_of(a) is not self.family or family_of(b) is not self.family:
             raise TypeError(
-                f"model.geometry {self.geometry!r} expects {expected.__name__} on both sides, "
+                f"model.geometry {self.geometry!r} expects {self.family.batch_type.__name__} on both sides, "
                 f"got {type(a).__name__} and {type(b).__name__}"
             )
         if a.batch_size != b.batch_size:

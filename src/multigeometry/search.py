@@ -76,7 +76,7 @@ class SearchIndex:
 
     def approximate_index(self, trained: TrainedModel, modality: str, cfg: RegistryConfig | None) -> Any:
         """The approximate index of `modality` when `cfg` asks for one at its size (None: search it exactly)."""
-        from multigeometry.ann import ApproximateIndex, similarity_kind
+        from multigeometry.ann import ApproximateIndex
 
         items = self.dists[modality]
         if cfg is None or cfg.ann_threshold == 0 or items.batch_size < cfg.ann_threshold:
@@ -85,8 +85,8 @@ class SearchIndex:
         if key not in self.approximate:
             log.info("%s: %d items >= registry.ann_threshold %d, building its approximate index", modality,
                      items.batch_size, cfg.ann_threshold)
-            self.approximate[key] = ApproximateIndex.build(items, similarity_kind(trained.criterion),
-                                                           trained.params.loss.csd_tau, cfg.ann_nlist,
+            similarity = trained.model.similarity
+            self.approximate[key] = ApproximateIndex.build(items, similarity.kind, similarity.csd_tau, cfg.ann_nlist,
                                                            cfg.ann_train_per_list)
         return self.approximate[key]
 

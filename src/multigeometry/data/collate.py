@@ -1,4 +1,4 @@
-"""Collation shared by both dataset classes: one batch dict for a `DatasetPairConfig`."""
+"""Collation shared by both dataset classes: one typed `Batch` for a `DatasetPairConfig`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from multigeometry.config import DatasetPairConfig, LoaderConfig
+from multigeometry.data.batch import Batch, Texts
 
 
 def group_key(group_id: str) -> int:
@@ -23,15 +24,15 @@ def load_tokenizer(name: str) -> Any:
 
 
 class Collator:
-    """Stacks a list of sample dicts into a batch.
+    """Stacks a list of sample dicts into a `Batch` (data/batch.py).
 
-    The batch holds every modality the pairs name: images (B,3,S,S), audio log-mels padded to the longest (B,M,T)
-    with `audio_lengths`, text and code tokenised (`input_ids`, `attention_mask`) with their raw strings, pretrained
-    features `<modality>.emb` (B,D; a clip's sampled frames (B,T,D)), a `present` mask per modality, the rows'
-    temporal contrasts (`temporal_contrasts_*`, as the hierarchy's texts), `group_ids` (B,) and the `pairs` to score
-    with their
-    weights — a pair is kept when at least two samples carry both its modalities. Text is tokenised only with
-    `tokenize` (default: whenever `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`).
+    The encoders' inputs: images (B,3,S,S), audio log-mels padded to the longest (B,M,T) with `audio_lengths`, text
+    and code tokens (`input_ids`, `attention_mask`), pretrained features `<modality>.emb` (B,D; a clip's sampled
+    frames (B,T,D)); beside them the raw strings, a `present` mask per modality, the hierarchy's, parts' and temporal
+    contrasts' texts, `group_ids` (B,) and the `pairs` to score with their weights — a pair is kept when at least two
+    samples carry both its modalities. Text (and the flattened texts) is tokenised only with `tokenize` (default:
+    whenever `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`, true only where a text or code
+    encoder reads tokens).
     """
 
     def __init__(self, pairs: DatasetPairConfig, loader: LoaderConfig, tokenizer: Any | None = None,
@@ -58,10 +59,10 @@ class Collator:
         )
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def _text_lists(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any], column: str) -> list[int]:
-        """Every row's texts of `column` ("hierarchy" or "parts"), flattened: `<column>_owner[m]` is the row of entry
-        m, `<column>_raw` the texts, `<column>.emb` their shard features and `<column>_text` their tokens. Returns
-        each row's first entry."""
+    def _texts(self, examples: Sequence[dict[str, Any]], column: str) -> tuple[Texts, list[int]]:
+        """Every row's texts of `column` ("hierarchy", "parts", "temporal_contrasts"), flattened, with their shard
+        features (`<column>.emb`) when every entry has them and their tokens when tokenising; and each row's first
+        entry."""
         import torch
 
         owners, texts, features, starts = [], [], [], []
@@ -71,29 +72,20 @@ class Collator:
             texts.extend(e.get(column, ()))
             if f"{column}.emb" in e:
                 features.append(e[f"{column}.emb"])
-        batch[f"{column}_owner"] = torch.tensor(owners, dtype=torch.long)
-        batch[f"{column}_raw"] = texts
-        batch[f"{column}_key"] = torch.tensor([group_key(t) for t in texts], dtype=torch.long)  # same text, same key
-        if features and sum(f.shape[0] for f in features) == len(texts):
-            batch[f"{column}.emb"] = torch.cat(features)
-        if texts and self.tokenize:
-            batch[f"{column}_text"] = self._tokenize(texts)
-        return starts
+        out = Texts(
+            owner=torch.tensor(owners, dtype=torch.long),
+            raw=texts,
+            key=torch.tensor([group_key(t) for t in texts], dtype=torch.long),  # same text, same key
+            features=torch.cat(features) if features and sum(f.shape[0] for f in features) == len(texts) else None,
+            tokens=self._tokenize(texts) if texts and self.tokenize else None,
+        )
+        return out, starts
 
-    def _hierarchy(self, examples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
-        """The more general descriptions (`hierarchy_*`), with `hierarchy_parent[m]` the index of the next more
-        general description of the same row (−1 for the most general); the compounds' parts (`parts_*`), with
-        `compound_index[i]` the hierarchy entry that row i's parts compose (−1: none) and `compound_group[i]` a key
-        of its concept set, equal for rows whose compounds mean the same."""
+    def _compounds(self, examples: Sequence[dict[str, Any]], starts: list[int]) -> tuple[Any, Any]:
+        """`compound_index[i]`, the hierarchy entry that row i's parts compose (−1: none), and `compound_group[i]`, a
+        key of its concept set, equal for rows whose compounds mean the same."""
         import torch
 
-        starts = self._text_lists(examples, batch, "hierarchy")
-        batch["hierarchy_parent"] = torch.tensor(
-            [start + j - 1 if j > 0 else -1 for e, start in zip(examples, starts, strict=True)
-             for j in range(len(e["hierarchy"]))],
-            dtype=torch.long,
-        )
-        self._text_lists(examples, batch, "parts")
         compound, groups = [], []
         for e, start in zip(examples, starts, strict=True):
             level = int(e.get("compound_level", -1))
@@ -102,29 +94,24 @@ class Collator:
             concepts = e.get("hierarchy_concepts", [])
             meaning = sorted(concepts[level]) if ok and level < len(concepts) else [e["hierarchy"][level] if ok else ""]
             groups.append(group_key("\x1f".join(meaning)))
-        batch["compound_index"] = torch.tensor(compound, dtype=torch.long)
-        batch["compound_group"] = torch.tensor(groups, dtype=torch.long)
+        return torch.tensor(compound, dtype=torch.long), torch.tensor(groups, dtype=torch.long)
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def _inputs(self, examples: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, list]]:
+        """The encoders' inputs, the `present` masks and the raw strings of the batch's modalities."""
         import torch
 
         n = len(examples)
-        batch: dict[str, Any] = {
-            "sample_id": [e["sample_id"] for e in examples],
-            "group_id": [e["group_id"] for e in examples],
-            "group_ids": torch.tensor([group_key(e["group_id"]) for e in examples], dtype=torch.long),
-            "hierarchy": [e["hierarchy"] for e in examples],
-            "concepts": [e["concepts"] for e in examples],
-            "present": {},
-        }
+        inputs: dict[str, Any] = {}
+        present: dict[str, Any] = {}
+        raw: dict[str, list[str]] = {}
         for modality in self.modalities:
             # a sample carries a modality when it has the raw input or its features (raw ones may not be decoded)
-            present = torch.tensor([modality in e or f"{modality}.emb" in e for e in examples], dtype=torch.bool)
-            batch["present"][modality] = present
+            present[modality] = torch.tensor([modality in e or f"{modality}.emb" in e for e in examples],
+                                             dtype=torch.bool)
             have = [e for e in examples if modality in e]
             if modality == "image" and have:
                 shape = have[0]["image"].shape
-                batch["image"] = torch.stack([e["image"] if "image" in e else torch.zeros(shape) for e in examples])
+                inputs["image"] = torch.stack([e["image"] if "image" in e else torch.zeros(shape) for e in examples])
             elif modality == "audio" and have:
                 mels = have[0]["audio"].shape[0]
                 lengths = [e["audio"].shape[1] if "audio" in e else 0 for e in examples]
@@ -132,36 +119,46 @@ class Collator:
                 for i, e in enumerate(examples):
                     if "audio" in e:
                         padded[i, :, : lengths[i]] = e["audio"]
-                batch["audio"] = padded
-                batch["audio_lengths"] = torch.tensor(lengths, dtype=torch.long)
+                inputs["audio"] = padded
+                inputs["audio_lengths"] = torch.tensor(lengths, dtype=torch.long)
             elif modality in ("text", "code") and have:
-                raw = [e.get(modality, "") for e in examples]
-                batch[f"{modality}_raw"] = raw
+                raw[modality] = [e.get(modality, "") for e in examples]
                 if self.tokenize:
-                    batch[modality] = self._tokenize(raw)
+                    inputs[modality] = self._tokenize(raw[modality])
             emb = f"{modality}.emb"
             if any(emb in e for e in examples):
                 shape = next(e[emb].shape for e in examples if emb in e)
-                batch[emb] = torch.stack([e[emb] if emb in e else torch.zeros(shape) for e in examples])
-        self._hierarchy(examples, batch)
-        self._text_lists(examples, batch, "temporal_contrasts")
-        batch["pairs"] = [
-            (p.a, p.b, p.weight)
-            for p in self.pairs.pairs
-            if int((batch["present"][p.a] & batch["present"][p.b]).sum()) >= 2
-        ]
-        return batch
+                inputs[emb] = torch.stack([e[emb] if emb in e else torch.zeros(shape) for e in examples])
+        return inputs, present, raw
 
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
+        import torch
 
-def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    """The batch with every tensor (nested dicts included) moved to `device`; other values as they are."""
-    from torch import Tensor
-
-    def move(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    return move(batch)
+        inputs, present, raw = self._inputs(examples)
+        general, starts = self._texts(examples, "hierarchy")
+        parent = torch.tensor(
+            [start + j - 1 if j > 0 else -1 for e, start in zip(examples, starts, strict=True)
+             for j in range(len(e["hierarchy"]))],
+            dtype=torch.long,
+        )
+        parts, _ = self._texts(examples, "parts")
+        compound_index, compound_group = self._compounds(examples, starts)
+        contrasts, _ = self._texts(examples, "temporal_contrasts")
+        return Batch(
+            sample_id=[e["sample_id"] for e in examples],
+            group_id=[e["group_id"] for e in examples],
+            group_ids=torch.tensor([group_key(e["group_id"]) for e in examples], dtype=torch.long),
+            hierarchy=[e["hierarchy"] for e in examples],
+            concepts=[e["concepts"] for e in examples],
+            present=present,
+            pairs=[(p.a, p.b, p.weight) for p in self.pairs.pairs
+                   if int((present[p.a] & present[p.b]).sum()) >= 2],
+            inputs=inputs,
+            raw=raw,
+            general=general,
+            hierarchy_parent=parent,
+            parts=parts,
+            compound_index=compound_index,
+            compound_group=compound_group,
+            temporal_contrasts=contrasts,
+        )

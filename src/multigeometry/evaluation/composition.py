@@ -10,16 +10,11 @@ for cones also `composition/<m>/closed_form_R@1`, the parts composed by `compose
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import Tensor
-
 from multigeometry.evaluation.embed import Compositions, SplitEmbeddings
 from multigeometry.evaluation.hierarchy import atom_matrix, inclusion_mask, pad_columns
 from multigeometry.evaluation.retrieval import rank_blocks, slice_rows, summarize
-from multigeometry.geometry.distribution import Distribution, device_of
-
-Similarity = Callable[[Distribution, Distribution], Tensor]
+from multigeometry.geometry.distribution import device_of
+from multigeometry.geometry.similarity import SimilarityFn
 
 
 def distinct_compounds(comp: Compositions) -> list[int]:
@@ -34,7 +29,7 @@ def distinct_compounds(comp: Compositions) -> list[int]:
     return keep
 
 
-def composition_metrics(emb: SplitEmbeddings, similarity: Similarity, block_size: int = 1024) -> dict[str, float]:
+def composition_metrics(emb: SplitEmbeddings, similarity: SimilarityFn, block_size: int = 1024) -> dict[str, float]:
     comp = emb.compositions
     if comp is None:
         return {}

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from multigeometry.data.collate import Collator, to_device
+from multigeometry.data.batch import Batch
+from multigeometry.data.collate import Collator
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import Verify
 from multigeometry.evaluation.temporal import TemporalCollector, TemporalSet
@@ -83,10 +84,10 @@ class _EvalCollate:
     def __init__(self, collator: Collator) -> None:
         self.collator = collator
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
         batch = self.collator(examples)
-        batch["hierarchy_concepts"] = [e.get("hierarchy_concepts", []) for e in examples]
-        batch["ambiguity"] = [e.get("ambiguity", {}) for e in examples]
+        batch.hierarchy_concepts = [e.get("hierarchy_concepts", []) for e in examples]
+        batch.ambiguity = [e.get("ambiguity", {}) for e in examples]
         return batch
 
 
@@ -139,25 +140,25 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
     progress = tqdm(total=total, desc=f"embed {split}", unit="sample", disable=None)
     for batch in loader:
         offset = len(sample_ids)
-        n = len(batch["sample_id"])
-        sample_ids.extend(batch["sample_id"])
-        groups.append(batch["group_ids"])
-        hierarchy.extend(batch["hierarchy"])
-        ambiguity.extend(batch["ambiguity"])
+        n = len(batch)
+        sample_ids.extend(batch.sample_id)
+        groups.append(batch.group_ids)
+        hierarchy.extend(batch.hierarchy)
+        ambiguity.extend(batch.ambiguity)
         use_concepts = use_concepts and all(
-            c and len(hc) == len(h) for c, hc, h in zip(batch["concepts"], batch["hierarchy_concepts"],
-                                                        batch["hierarchy"], strict=True)
+            c and len(hc) == len(h) for c, hc, h in zip(batch.concepts, batch.hierarchy_concepts, batch.hierarchy,
+                                                        strict=True)
         )
-        atoms.extend(c if c else list(h) for c, h in zip(batch["concepts"], batch["hierarchy"], strict=True))
+        atoms.extend(c if c else list(h) for c, h in zip(batch.concepts, batch.hierarchy, strict=True))
         for m in texts:
-            texts[m].extend(batch.get(f"{m}_raw", [""] * n))
-        on_device = to_device(batch, device)
+            texts[m].extend(batch.raw.get(m, [""] * n))
+        on_device = batch.to(device)
         for m in modalities:
-            present = batch["present"][m]
+            present = batch.present[m]
             if not bool(present.any()):
                 continue
             keep = torch.nonzero(present).squeeze(1)
-            dist = trained.model.encode(on_device, m)
+            dist = trained.model.encode(on_device.inputs, m)
             parts[m].append(select_rows(dist, keep.to(device)))
             rows[m].append(keep + offset)
         general = trained.model.encode_hierarchy(on_device)
@@ -202,7 +203,7 @@ def embed_split(trained: TrainedModel, shards_root: Path, split: str, batch_size
 
 
 def _collect_descriptions(
-    batch: dict[str, Any],
+    batch: Batch,
     general: Distribution,
     index: dict[str, int],
     levels: list[set[int]],
@@ -210,16 +211,15 @@ def _collect_descriptions(
     parts: list[Distribution],
 ) -> None:
     """Add the batch's descriptions not seen before (their first embedding), and the level of every occurrence."""
-    owner = batch["hierarchy_owner"].tolist()
-    texts = batch["hierarchy_raw"]
+    owner = batch.general.owner.tolist()
     new: list[int] = []
-    for m, text in enumerate(texts):
+    for m, text in enumerate(batch.general.raw):
         row = owner[m]
-        level = batch["hierarchy"][row].index(text)
+        level = batch.hierarchy[row].index(text)
         if text not in index:
             index[text] = len(index)
             levels.append(set())
-            concepts = batch["hierarchy_concepts"][row]
+            concepts = batch.hierarchy_concepts[row]
             atoms.append(list(concepts[level]) if level < len(concepts) else [text])
             new.append(m)
         levels[index[text]].add(level)
@@ -236,23 +236,23 @@ class _CompoundCollector:
         self.concepts: list[list[str]] = []
 
     def add(
-        self, trained: TrainedModel, batch: dict[str, Any], on_device: dict[str, Any], general: Distribution
+        self, trained: TrainedModel, batch: Batch, on_device: Batch, general: Distribution
     ) -> None:
         model = trained.model
         found = model.compound_parts(on_device) if model.composer is not None else None
         if found is None:
             return
         parts, owner, rows = found  # encoded once, for the learned composition and the closed form alike
-        index = on_device["compound_index"][rows]
+        index = on_device.compound_index[rows]
         self.composed.append(model.composer(parts, owner, rows.numel()))
         self.captions.append(select_rows(general, index))
         closed_form = family_of(parts).closed_form_compose
         if closed_form is not None:
             self.closed_form.append(closed_form(parts, owner, rows.numel()))
         for row, entry in zip(rows.tolist(), index.tolist(), strict=True):
-            text = batch["hierarchy_raw"][entry]
-            level = batch["hierarchy"][row].index(text)
-            concepts = batch["hierarchy_concepts"][row]
+            text = batch.general.raw[entry]
+            level = batch.hierarchy[row].index(text)
+            concepts = batch.hierarchy_concepts[row]
             self.texts.append(text)
             self.concepts.append(list(concepts[level]) if level < len(concepts) else [])
 

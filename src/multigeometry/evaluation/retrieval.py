@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from multigeometry.geometry.distribution import Distribution, device_of
+from multigeometry.geometry.similarity import SimilarityFn
 
 ScoreBlock = Callable[[int, int], Tensor]  # (i0, i1) -> scores of queries i0:i1 against all items, (i1 - i0, N)
 
@@ -213,7 +214,7 @@ def slice_rows(dist: Distribution, i0: int, i1: int) -> Distribution:
 def rank_by_groups(
     queries: Distribution,
     items: Distribution,
-    similarity: Callable[[Distribution, Distribution], Tensor],
+    similarity: SimilarityFn,
     query_groups: Tensor,
     item_groups: Tensor,
     block_size: int = 1024,
@@ -264,7 +265,7 @@ def recall_curve(rankings: Rankings, max_k: int) -> list[float]:
 def blockwise_topk(
     queries: Distribution,
     items: Distribution,
-    similarity: Callable[[Distribution, Distribution], Tensor],
+    similarity: SimilarityFn,
     k: int,
     block_size: int = 1024,
 ) -> tuple[Tensor, Tensor]:

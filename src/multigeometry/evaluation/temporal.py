@@ -13,17 +13,16 @@ sits at chance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import Distribution, concat, select_rows
+from multigeometry.geometry.similarity import SimilarityFn
 from multigeometry.models.temporal import checked_rows, time_variants
-
-Similarity = Callable[[Any, Any], Tensor]
 
 
 @dataclass
@@ -46,18 +45,18 @@ class TemporalCollector:
         self.owners: list[Tensor] = []
         self.rows = 0
 
-    def add(self, model: Any, batch: dict[str, Any], on_device: dict[str, Any]) -> None:
+    def add(self, model: Any, batch: Batch, on_device: Batch) -> None:
         """The batch's checked rows (`models.temporal.checked_rows`)."""
         checked = checked_rows(batch)
-        contrasts = model.encode_texts(on_device, "temporal_contrasts") if checked is not None else None
+        contrasts = model.encode_texts(on_device.temporal_contrasts) if checked is not None else None
         if checked is None or contrasts is None:
             return
         keep, entries, owner = checked
-        device = on_device["video.emb"].device
-        clips = time_variants(on_device["video.emb"])
+        device = on_device.inputs["video.emb"].device
+        clips = time_variants(on_device.inputs["video.emb"])
         for name, x in zip(("forward", "backward", "shuffled"), clips, strict=False):
             self.parts[name].append(select_rows(model.encode({"video.emb": x}, "video"), keep.to(device)))
-        self.parts["captions"].append(select_rows(model.encode(on_device, "text"), keep.to(device)))
+        self.parts["captions"].append(select_rows(model.encode(on_device.inputs, "text"), keep.to(device)))
         self.parts["contrasts"].append(select_rows(contrasts, entries.to(device)))
         self.owners.append(owner + self.rows)
         self.rows += keep.numel()
@@ -82,7 +81,7 @@ def _hits(own: Tensor, best: Tensor, ties: Tensor) -> Tensor:
     return torch.where(level, 1.0 / (1.0 + ties), torch.where(own > best, 1.0, 0.0))
 
 
-def temporal_metrics(t: TemporalSet, similarity: Similarity) -> dict[str, float]:
+def temporal_metrics(t: TemporalSet, similarity: SimilarityFn) -> dict[str, float]:
     """`text_to_video/temporal_R@1`, `video_to_text/temporal_R@1` and their mean `video/temporal_R@1`."""
     own = similarity(t.captions, t.forward).diagonal()
     clips = [similarity(t.captions, t.backward).diagonal()]

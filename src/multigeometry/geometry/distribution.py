@@ -47,6 +47,7 @@ class Family:
 
     name: str  # the `kind` stored with saved tensors
     batch_type: type
+    geometries: tuple[str, ...]  # the `model.geometry` values whose heads output this family
     # one number a row (B,), or None when the distributions carry none; the measure names the mixture reading
     uncertainty: Callable[[Any, str], Tensor | None]
     has_containment: Callable[[Any], bool]
@@ -125,6 +126,7 @@ def _mixture_summary(dist: MixtureParams, measure: str) -> list[dict[str, Any]]:
 CONE = Family(
     name="cone",
     batch_type=ConeParams,
+    geometries=("cone",),
     uncertainty=_cone_uncertainty,
     has_containment=lambda dist: True,
     containment=lambda outer, inner: -pairwise_containment(outer, inner),
@@ -135,6 +137,7 @@ CONE = Family(
 MIXTURE = Family(
     name="mixture",
     batch_type=MixtureParams,
+    geometries=("mixture", "point"),
     uncertainty=_mixture_uncertainty,
     has_containment=lambda dist: dist.logvar is not None,
     containment=lambda outer, inner: -mixture_kl_approx(inner, outer).T,
@@ -151,6 +154,15 @@ def family_of(dist: Distribution) -> Family:
     except KeyError:
         raise TypeError(f"not a distribution of a known geometry: {type(dist).__name__} (known: "
                         f"{', '.join(t.__name__ for t in _BY_TYPE)})") from None
+
+
+def family_for(geometry: str) -> Family:
+    """The family whose distributions a model of `model.geometry` = `geometry` outputs."""
+    for family in FAMILIES.values():
+        if geometry in family.geometries:
+            return family
+    known = sorted(g for f in FAMILIES.values() for g in f.geometries)
+    raise ValueError(f"unknown model.geometry {geometry!r} (known: {', '.join(known)})")
 
 
 def concat(parts: Sequence[Distribution]) -> Distribution:

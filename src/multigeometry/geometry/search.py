@@ -22,8 +22,7 @@ from torch import Tensor
 
 from multigeometry.geometry.cone import ConeParams, lift
 from multigeometry.geometry.mixture import MixtureParams
-
-SimilarityKind = Literal["point", "csd", "product_kernel", "cone"]
+from multigeometry.geometry.similarity import SimilarityKind
 
 
 def search_vectors(

@@ -1,18 +1,24 @@
-"""PairModel: one encoder and one head per modality; encodes whatever modalities a batch carries."""
+"""PairModel: one encoder and one head per modality; encodes whatever modalities a batch carries, and holds the
+similarity its distributions are compared by (`geometry.similarity`), so that whatever scores them (the loss,
+evaluation, search) asks the model rather than the loss."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from multigeometry.config import ModelConfig, Params, ParamsError
 from multigeometry.geometry.distribution import Distribution
+from multigeometry.geometry.similarity import Similarity
 from multigeometry.models.composition import Composer
 from multigeometry.models.encoders import build_encoder
 from multigeometry.models.heads import make_head
+
+if TYPE_CHECKING:  # models read the collated batch; they do not depend on data/ at run time
+    from multigeometry.data.batch import Batch, Texts
 
 
 class PairModel(nn.Module):
@@ -26,9 +32,12 @@ class PairModel(nn.Module):
         vocab_size: int | None = None,
         n_mels: int = 80,
         audio_normalization: dict | None = None,
+        similarity: Similarity | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        # the geometry's own similarity under `loss.similarity: auto` unless given (`from_index` reads params.loss)
+        self.similarity = similarity or Similarity.for_model(cfg.geometry, "auto", cfg.n_components)
         self.modalities = sorted(set(modalities))
         feature_dims = feature_dims or {}
         feature_stats = feature_stats or {}
@@ -81,55 +90,49 @@ class PairModel(nn.Module):
             vocab_size=vocab_size,
             n_mels=int(features.get("audio.feat", {}).get("n_mels", params.audio.n_mels)),
             audio_normalization=index.get("normalization", {}).get("audio.feat"),
+            similarity=Similarity.from_config(params.model, params.loss),
         )
 
-    def encode(self, batch: dict[str, Any], modality: str) -> Distribution:
-        return self.heads[modality](self.encoders[modality](batch))
+    def encode(self, inputs: Mapping[str, Any], modality: str) -> Distribution:
+        """The distributions of `modality` from the encoders' inputs (`Batch.inputs`, or a mapping of them)."""
+        return self.heads[modality](self.encoders[modality](inputs))
 
-    def forward(self, batch: dict[str, Any], modalities: Iterable[str] | None = None) -> dict[str, Distribution]:
+    def forward(self, batch: Batch, modalities: Iterable[str] | None = None) -> dict[str, Distribution]:
         wanted = self.modalities if modalities is None else modalities
-        return {m: self.encode(batch, m) for m in wanted}
+        return {m: self.encode(batch.inputs, m) for m in wanted}
 
-    def encode_texts(self, batch: dict[str, Any], column: str, entries: Tensor | None = None) -> Distribution | None:
-        """The distributions of the batch's flattened `column` texts ("hierarchy": the more general descriptions,
-        "parts": the compounds' parts), or of the `entries` among them, through the text encoder, from their shard
-        features or their tokens."""
-        if "text" not in self.encoders or not len(batch.get(f"{column}_owner", ())):
+    def encode_texts(self, texts: Texts, entries: Tensor | None = None) -> Distribution | None:
+        """The distributions of a batch's flattened texts (`Batch.general`: the more general descriptions,
+        `Batch.parts`: the compounds' parts, `Batch.temporal_contrasts`), or of the `entries` among them, through the
+        text encoder, from their shard features or their tokens."""
+        if "text" not in self.encoders or not len(texts):
             return None
-        pick = (lambda t: t) if entries is None else (lambda t: t[entries.to(t.device)])
-        if f"{column}.emb" in batch:
-            sub: dict[str, Any] = {"text.emb": pick(batch[f"{column}.emb"])}
-        elif f"{column}_text" in batch:
-            sub = {"text": {k: pick(v) for k, v in batch[f"{column}_text"].items()}}
-        else:
-            return None
-        return self.encode(sub, "text")
+        inputs = texts.text_inputs(entries)
+        return None if inputs is None else self.encode(inputs, "text")
 
-    def encode_hierarchy(self, batch: dict[str, Any]) -> Distribution | None:
-        return self.encode_texts(batch, "hierarchy")
+    def encode_hierarchy(self, batch: Batch) -> Distribution | None:
+        return self.encode_texts(batch.general)
 
-    def compound_parts(
-        self, batch: dict[str, Any], max_rows: int = 0
-    ) -> tuple[Distribution, Tensor, Tensor] | None:
+    def compound_parts(self, batch: Batch, max_rows: int = 0) -> tuple[Distribution, Tensor, Tensor] | None:
         """The parts of every row whose parts compose a description of its hierarchy (of at most `max_rows` of them,
         drawn at random, when `max_rows` > 0): their distributions, each part's compound (an index into `rows`) and
         those rows (indices into the batch). None where there are none. Only the kept rows' parts are encoded."""
-        rows = torch.nonzero(batch["compound_index"] >= 0).squeeze(1) if "compound_index" in batch else None
-        if rows is None or rows.numel() == 0 or not len(batch.get("parts_owner", ())):
+        rows = torch.nonzero(batch.compound_index >= 0).squeeze(1)
+        if rows.numel() == 0 or not len(batch.parts):
             return None
         if 0 < max_rows < rows.numel():
             rows = rows[torch.randperm(rows.numel(), device=rows.device)[:max_rows]].sort().values
-        device = batch["compound_index"].device
-        slot = torch.full((len(batch["compound_index"]),), -1, dtype=torch.long, device=device)
+        device = batch.compound_index.device
+        slot = torch.full((len(batch.compound_index),), -1, dtype=torch.long, device=device)
         slot[rows] = torch.arange(rows.numel(), device=device)
-        owner = slot[batch["parts_owner"].to(device)]
+        owner = slot[batch.parts.owner.to(device)]
         keep = torch.nonzero(owner >= 0).squeeze(1)
-        parts = self.encode_texts(batch, "parts", keep)
+        parts = self.encode_texts(batch.parts, keep)
         if parts is None:
             return None
         return parts, owner[keep], rows
 
-    def compose(self, batch: dict[str, Any], max_rows: int = 0) -> tuple[Distribution, Tensor] | None:
+    def compose(self, batch: Batch, max_rows: int = 0) -> tuple[Distribution, Tensor] | None:
         """compose(parts) through the compositional layer for the rows of `compound_parts`: (distributions, rows)."""
         found = self.compound_parts(batch, max_rows) if self.composer is not None else None
         if found is None:

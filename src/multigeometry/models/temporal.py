@@ -10,8 +10,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # models read the collated batch; they do not depend on data/ at run time
+    from multigeometry.data.batch import Batch
 
 MAX_FRAMES = 64  # learned frame positions (video.num_frames is at most this)
 
@@ -75,17 +80,16 @@ def time_variants(frames: torch.Tensor) -> list[torch.Tensor]:
     return variants
 
 
-def checked_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def checked_rows(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The rows of a collated batch that the temporal terms check: a clip, a caption and at least one temporal
     contrast. Returns (rows, the contrast entries of those rows, each entry's position among the rows), or None."""
-    owner = batch.get("temporal_contrasts_owner")
-    if owner is None or not len(owner) or "video.emb" not in batch or "video" not in batch["present"] \
-            or "text" not in batch["present"]:
+    owner = batch.temporal_contrasts.owner
+    if not len(owner) or "video.emb" not in batch.inputs or not {"video", "text"} <= set(batch.present):
         return None
     owner = owner.cpu()
-    has_contrast = torch.zeros(len(batch["group_ids"]), dtype=torch.bool)
+    has_contrast = torch.zeros(len(batch), dtype=torch.bool)
     has_contrast[owner] = True
-    keep = torch.nonzero(has_contrast & batch["present"]["video"].cpu() & batch["present"]["text"].cpu()).squeeze(1)
+    keep = torch.nonzero(has_contrast & batch.present["video"].cpu() & batch.present["text"].cpu()).squeeze(1)
     if not keep.numel():
         return None
     slot = torch.full((len(has_contrast),), -1, dtype=torch.long)

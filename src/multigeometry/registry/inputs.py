@@ -163,7 +163,6 @@ class RawEmbedder:
     @torch.no_grad()
     def embed(self, records: Sequence[dict[str, Any]], batch_size: int = 64) -> Embedded:
         """The distribution of every record in every modality it carries."""
-        from multigeometry.data.collate import to_device
         from multigeometry.geometry.distribution import concat, select_rows
 
         device = next(self.trained.model.parameters()).device
@@ -172,13 +171,13 @@ class RawEmbedder:
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
             batch = self.collator(self.examples(chunk))
-            on_device = to_device(batch, device)
+            on_device = batch.to(device)
             for m in self.modalities:
-                present = batch["present"][m]
+                present = batch.present[m]
                 if not bool(present.any()):
                     continue
                 keep = torch.nonzero(present).squeeze(1)
-                parts[m].append(select_rows(self.trained.model.encode(on_device, m), keep.to(device)))
+                parts[m].append(select_rows(self.trained.model.encode(on_device.inputs, m), keep.to(device)))
                 rows[m].extend(int(k) + start for k in keep)
         return Embedded(
             rows={m: r for m, r in rows.items() if r},

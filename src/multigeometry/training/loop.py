@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from multigeometry.config import Params
-from multigeometry.data.collate import load_tokenizer, to_device
+from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader
 from multigeometry.data.reads import needs_tokens
 from multigeometry.data.shard_index import read_index
@@ -145,7 +145,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
-        self.module = TrainModule(model, MainCriterion(params.loss, params.model)).to(self.rt.device)
+        criterion = MainCriterion(params.loss, params.model, similarity=model.similarity)
+        self.module = TrainModule(model, criterion).to(self.rt.device)
         if self.cfg.compile:
             compile_encoders(model)
         self.optimizer = make_optimizer([self.module], self.cfg)
@@ -272,7 +273,7 @@ class Trainer:
         return torch.autocast(self.rt.device.type, dtype=self.rt.autocast_dtype)
 
     def _train_step(self, group: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batches = [to_device(b, self.rt.device) for b in group]
+        batches = [b.to(self.rt.device) for b in group]
         self.optimizer.zero_grad(set_to_none=True)
         terms = accumulated_backward(self.module, batches, self.ddp, self._autocast)
         if self.cfg.grad_clip > 0:

@@ -9,20 +9,21 @@ both; its forward computes the whole loss, so every used parameter is reached th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import Distribution, concat, select_rows
 from multigeometry.losses import Hierarchy, MainCriterion
 from multigeometry.models.pair_model import PairModel
 
 
-def hierarchy_for_rows(batch: dict[str, Any], general: Distribution, keep: Tensor, side: str) -> Hierarchy | None:
+def hierarchy_for_rows(batch: Batch, general: Distribution, keep: Tensor, side: str) -> Hierarchy | None:
     """The batch's hierarchy restricted to the rows `keep` (a bool mask), re-indexed to the selected rows."""
-    owner, parent = batch["hierarchy_owner"].to(keep.device), batch["hierarchy_parent"].to(keep.device)
+    owner, parent = batch.general.owner.to(keep.device), batch.hierarchy_parent.to(keep.device)
     kept_entries = keep[owner]
     if not bool(kept_entries.any()):
         return None
@@ -31,36 +32,35 @@ def hierarchy_for_rows(batch: dict[str, Any], general: Distribution, keep: Tenso
     idx = torch.nonzero(kept_entries).squeeze(1)
     old_parent = parent[idx]
     remapped = torch.where(old_parent >= 0, new_entry[old_parent.clamp_min(0)], old_parent)
-    keys = batch.get("hierarchy_key")
     return Hierarchy(
         general=select_rows(general, idx),
         owner=new_row[owner[idx]],
         parent=remapped,
         caption_side=side,  # type: ignore[arg-type]
-        key=None if keys is None else keys.to(keep.device)[idx],
+        key=batch.general.key.to(keep.device)[idx],
     )
 
 
-def mix_features(batch: dict[str, Any], modalities: list[str], share: float,
-                 generator: torch.Generator | None = None) -> tuple[dict[str, Any], tuple[Tensor, Tensor]] | None:
+def mix_features(batch: Batch, modalities: list[str], share: float,
+                 generator: torch.Generator | None = None) -> tuple[Batch, tuple[Tensor, Tensor]] | None:
     """PCME++'s mixed-sample augmentation on shard features (`loss.mixup`): `share` of the rows get, for every
     non-text modality of the pairs, λ of their own features and 1 − λ of a partner row's (λ ~ U(0.5, 1)). Returns
     the batch with mixed features and (λ, partner) for every row (λ = 1 where unmixed); None where some row lacks a
     modality or its features, or the batch is too small."""
-    mixed_modalities = [m for m in modalities if m not in ("text", "code") and f"{m}.emb" in batch]
-    n = len(batch["group_ids"])
-    if n < 2 or not mixed_modalities or not all(bool(batch["present"][m].all()) for m in modalities):
+    mixed_modalities = [m for m in modalities if m not in ("text", "code") and f"{m}.emb" in batch.inputs]
+    n = len(batch)
+    if n < 2 or not mixed_modalities or not all(bool(batch.present[m].all()) for m in modalities):
         return None
-    device = batch["group_ids"].device
+    device = batch.group_ids.device
     pick = torch.rand(n, generator=generator) < share
     lam = torch.where(pick, 0.5 + 0.5 * torch.rand(n, generator=generator), torch.ones(n))
     partner = torch.randperm(n, generator=generator)
-    out = dict(batch)
+    inputs = dict(batch.inputs)
     for m in mixed_modalities:
-        x = batch[f"{m}.emb"]
+        x = inputs[f"{m}.emb"]
         w = lam.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, D) features, or a clip's (B, T, D)
-        out[f"{m}.emb"] = w * x + (1 - w) * x[partner.to(x.device)]
-    return out, (lam.to(device), partner.to(device))
+        inputs[f"{m}.emb"] = w * x + (1 - w) * x[partner.to(x.device)]
+    return dataclasses.replace(batch, inputs=inputs), (lam.to(device), partner.to(device))
 
 
 class TrainModule(nn.Module):
@@ -70,14 +70,14 @@ class TrainModule(nn.Module):
         self.criterion = criterion
 
     @torch.no_grad()
-    def features(self, batch: dict[str, Any]) -> dict[str, Distribution]:
-        return self.model(batch, self._modalities(batch))
+    def features(self, batch: Batch) -> dict[str, Distribution]:
+        return self.model(batch, batch.modalities)
 
     def forward(
         self,
-        batch: dict[str, Any],
+        batch: Batch,
         cached: list[dict[str, Distribution]] | None = None,
-        cached_batches: list[dict[str, Any]] | None = None,
+        cached_batches: list[Batch] | None = None,
         slot: int = 0,
     ) -> dict[str, Tensor]:
         """The weighted loss of the batch. With `cached` (the other micro-batches' features, computed without
@@ -87,11 +87,11 @@ class TrainModule(nn.Module):
         if self.criterion.cfg.mixup > 0 and self.training:
             if cached is not None:
                 raise ValueError("loss.mixup mixes within one batch: use train.accum_freq: 1")
-            mixed = mix_features(batch, self._modalities(batch), self.criterion.cfg.mixup)
+            mixed = mix_features(batch, batch.modalities, self.criterion.cfg.mixup)
             if mixed is not None:
                 batch, soft_rows = mixed
-        dists = self.model(batch, self._modalities(batch))
-        general = self.model.encode_hierarchy(batch) if self._needs_hierarchy() else None
+        dists = self.model(batch, batch.modalities)
+        general = self.model.encode_hierarchy(batch) if self.criterion.uses_hierarchy else None
         batches = [batch] if cached is None else cached_batches
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
         terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0, soft_rows)
@@ -113,7 +113,7 @@ class TrainModule(nn.Module):
                 terms["loss"] = terms["loss"] + self.criterion.cfg.temporal_weight * temporal / share
         return terms
 
-    def _composition(self, batch: dict[str, Any], general: Distribution | None) -> Tensor | None:
+    def _composition(self, batch: Batch, general: Distribution | None) -> Tensor | None:
         """The composition term: compose(parts) of the rows with parts against their compound descriptions."""
         # a random subset of the compounds a step (`model.composer.max_compounds`): the term's cost is quadratic in them
         composed = self.model.compose(batch, self.model.cfg.composer.max_compounds if self.training else 0)
@@ -122,48 +122,37 @@ class TrainModule(nn.Module):
         dist, rows = composed
         if rows.numel() < 2:
             return None
-        entries = batch["compound_index"][rows]
+        entries = batch.compound_index[rows]
         # the compounds' own descriptions: from the hierarchy when the entailment term encoded it, else only them
         if general is None:
-            compound = self.model.encode_texts(batch, "hierarchy", entries)
+            compound = self.model.encode_texts(batch.general, entries)
         else:
             compound = select_rows(general, entries)
         if compound is None:
             return None
-        return self.criterion.composition(dist, compound, batch["compound_group"][rows])
-
-    def _needs_hierarchy(self) -> bool:
-        """Whether a hierarchy term of this geometry is on (then the batch's general descriptions are encoded)."""
-        cfg, geometry = self.criterion.cfg, self.model.cfg.geometry
-        return (cfg.hierarchy_contrastive_weight > 0
-                or (geometry == "cone" and (cfg.entailment_weight > 0 or cfg.aperture_weight > 0))
-                or (geometry == "mixture" and cfg.inclusion_weight > 0))
-
-    @staticmethod
-    def _modalities(batch: dict[str, Any]) -> list[str]:
-        return sorted({m for a, b, _w in batch["pairs"] for m in (a, b)})
+        return self.criterion.composition(dist, compound, batch.compound_group[rows])
 
     def _pair_losses(
         self,
-        batch: dict[str, Any],
-        batches: list[dict[str, Any]] | None,
+        batch: Batch,
+        batches: list[Batch] | None,
         all_dists: list[dict[str, Distribution]],
         general: Distribution | None,
         slot: int,
         soft_rows: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         assert batches is not None
-        device = batch["group_ids"].device
+        device = batch.group_ids.device
         terms: dict[str, Tensor] = {}
         total = torch.zeros((), device=device)
-        for a, b, weight in batch["pairs"]:
-            masks = [(bt["present"][a] & bt["present"][b]).to(device) for bt in batches]
+        for a, b, weight in batch.pairs:
+            masks = [(bt.present[a] & bt.present[b]).to(device) for bt in batches]
             rows = [torch.nonzero(m).squeeze(1) for m in masks]
             side_a = concat([select_rows(d[a], r) for d, r in zip(all_dists, rows, strict=True)])
             side_b = concat([select_rows(d[b], r) for d, r in zip(all_dists, rows, strict=True)])
-            groups = torch.cat([bt["group_ids"].to(device)[r] for bt, r in zip(batches, rows, strict=True)])
+            groups = torch.cat([bt.group_ids.to(device)[r] for bt, r in zip(batches, rows, strict=True)])
             hierarchy = None
-            if general is not None and "text" in (a, b) and len(batch["hierarchy_owner"]):
+            if general is not None and "text" in (a, b) and len(batch.general):
                 own = hierarchy_for_rows(batch, general, masks[slot], "b" if b == "text" else "a")
                 if own is not None:  # the hierarchy is local to this micro-batch: offset its owners into the concat
                     offset = sum(int(m.sum()) for m in masks[:slot])
@@ -179,7 +168,7 @@ class TrainModule(nn.Module):
 
 def accumulated_backward(
     module: TrainModule,
-    batches: list[dict[str, Any]],
+    batches: list[Batch],
     wrapper: nn.Module | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, Tensor]:

@@ -16,25 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import select_rows
 from multigeometry.models.temporal import checked_rows, time_variants
 
 
-def temporal_term(model: Any, criterion: Any, batch: dict[str, Any]) -> Tensor | None:
+def temporal_term(model: Any, criterion: Any, batch: Batch) -> Tensor | None:
     """The mean of both cross-entropies over the batch's checked rows; None where the batch has none or the model no
     video and text encoders."""
     if not {"video", "text"} <= set(model.encoders):
         return None
     checked = checked_rows(batch)
-    contrasts = model.encode_texts(batch, "temporal_contrasts") if checked is not None else None
+    contrasts = model.encode_texts(batch.temporal_contrasts) if checked is not None else None
     if checked is None or contrasts is None:
         return None
     keep, entries, owner = checked
-    device = batch["video.emb"].device
+    frames = batch.inputs["video.emb"]
+    device = frames.device
     keep, entries, owner = keep.to(device), entries.to(device), owner.to(device)
     scale = criterion.logit_scale()
-    captions = select_rows(model.encode(batch, "text"), keep)
-    clips = [select_rows(model.encode({"video.emb": x}, "video"), keep) for x in time_variants(batch["video.emb"])]
+    captions = select_rows(model.encode(batch.inputs, "text"), keep)
+    clips = [select_rows(model.encode({"video.emb": x}, "video"), keep) for x in time_variants(frames)]
     to_clips = torch.stack([criterion.similarity(captions, c).diagonal() for c in clips], 1)
     target = torch.zeros(len(keep), dtype=torch.long, device=device)
     text_to_video = F.cross_entropy(scale * to_clips, target)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from multigeometry.data.collate import to_device
+from multigeometry.data.batch import Batch
 from multigeometry.evaluation.retrieval import positive_lists, rank_blocks, summarize
 from multigeometry.geometry.distribution import concat
 from multigeometry.training.objective import TrainModule
@@ -26,22 +25,22 @@ def recall_at_1(similarity: Tensor, query_groups: Tensor, item_groups: Tensor, b
 
 
 @torch.no_grad()
-def validate_model(module: TrainModule, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, float]:
+def validate_model(module: TrainModule, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
     module.eval()
     losses: dict[str, list[float]] = {}
     features: dict[str, list] = {}
     groups: list[Tensor] = []
     pairs: list[tuple[str, str, float]] = []
     for batch in batches:
-        if not batch["pairs"]:  # a last batch of one sample scores no pair: its rows would have no features
+        if not batch.pairs:  # a last batch of one sample scores no pair: its rows would have no features
             continue
-        batch = to_device(batch, device)
-        pairs = batch["pairs"]
+        batch = batch.to(device)
+        pairs = batch.pairs
         for name, value in module(batch).items():
             losses.setdefault(name, []).append(float(value))
         for m, dist in module.features(batch).items():
             features.setdefault(m, []).append(dist)
-        groups.append(batch["group_ids"])
+        groups.append(batch.group_ids)
     module.train()
     if not groups:
         return {}
