@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import socket
@@ -118,7 +119,7 @@ def step(
     optimizer.step()
 
 
-def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
+def bench_variants(params: Params, steps: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     index = read_index(shards_dir(params))
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     vocab = len(tokenizer) if tokenizer is not None else None
@@ -136,7 +137,21 @@ def bench_variants(params: Params, steps: int, rounds: int) -> dict[str, float]:
             for batch in batches:
                 step(module, optimizer, batch, params.train.grad_clip, None)
             seconds[name] += time.perf_counter() - started
-    return {name: rounds * samples / seconds[name] for name in names}
+    rates = {name: rounds * samples / seconds[name] for name in names}
+    return rates, optimizer_step_ms({name: built[name] for name in ("configured", "unfused-adamw")})
+
+
+def optimizer_step_ms(built: dict[str, tuple[TrainModule, torch.optim.Optimizer]], rounds: int = 5,
+                      steps: int = 20) -> dict[str, float]:
+    """The AdamW step alone (the gradients already there), best of `rounds`, per optimizer."""
+    best = dict.fromkeys(built, math.inf)
+    for _ in range(rounds):
+        for name, (_module, optimizer) in built.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            best[name] = min(best[name], (time.perf_counter() - started) / steps)
+    return {name: round(1e3 * t, 2) for name, t in best.items()}
 
 
 def _rank_worker(rank: int, world: int, port: int, params: Params, steps: int, threads: int, out: Any) -> None:
@@ -187,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params, args.overrides)
     params = resolve_batch_size(params, read_index(shards_dir(params)), 1)  # loader.batch_size 0: the whole split
-    rates = bench_variants(params, args.steps, args.rounds)
+    rates, adamw_ms = bench_variants(params, args.steps, args.rounds)
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "batch_size": params.loader.batch_size,
@@ -202,6 +217,7 @@ def main() -> None:
         # the compositional layer's share of the configured step's time
         "composer_share": round(1 - rates["configured"] / rates["no-composer"], 3),
         "fused_over_unfused": round(rates["configured"] / rates["unfused-adamw"], 3),
+        "adamw_step_ms": {"fused": adamw_ms["configured"], "unfused": adamw_ms["unfused-adamw"]},
     }
     if not args.no_ranks:
         one = bench_ranks(params, 1, args.steps)

@@ -412,7 +412,7 @@ class ComposerConfig:
     layers: int = bounded(1, min=1, max=8)  # depth of the Deep Sets networks
     # training: compose at most this many compounds of a batch, drawn at random each step (0: every one); the
     # composition term's cost is quadratic in them (BENCHMARKS.md, "Training throughput")
-    max_compounds: int = bounded(128, min=0)
+    max_compounds: int = bounded(256, min=0)
 
 
 @dataclass(frozen=True)
