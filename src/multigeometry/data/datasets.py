@@ -159,7 +159,8 @@ class IterableStylePairDataset(IterableDataset):
 
     def _remember(self, url: str, decoded: list[dict[str, Any]]) -> None:
         """Keep a shard's decoded samples for the next epochs when the model reads features only (no raw images,
-        log-mels or frames: the samples are small; frames are sampled from a clip's features after the cache) and the cache stays under `loader.cache_mb`; a worker process keeps its own."""
+        log-mels or frames: the samples are small; frames are sampled from a clip's features after the cache) and the
+        cache stays under `loader.cache_mb`; a worker process keeps its own."""
         if self.skip != ALL_RAW_FIELDS or self._cache_budget <= 0:
             return
         size = sum(v.nbytes for d in decoded for v in d.values() if isinstance(v, np.ndarray)) + 512 * len(decoded)

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multigeometry.data.images import to_rgb
 from multigeometry.config import MODALITIES, AudioConfig, FeatureModelConfig
 from multigeometry.data.audio import hop_samples, log_mel
+from multigeometry.data.images import to_rgb
 from multigeometry.models.catalogue import (
     CATALOGUE,
     CatalogueEntry,
@@ -48,7 +48,6 @@ from multigeometry.models.catalogue import (
     catalogue_entry,
     resolve_model,
 )
-
 from multigeometry.models.whisper import whisper_encoder_states
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """What the configured model reads from a sample, decided once from params: both dataset classes skip decoding raw
-images, log-mels and clips' frames that no encoder reads (an encoder with `input: emb` reads only the shards' `<modality>.emb`), and
-the collator tokenises text only when a text or code encoder reads tokens (`input: raw`)."""
+images, log-mels and clips' frames that no encoder reads (an encoder with `input: emb` reads only the shards'
+`<modality>.emb`), and the collator tokenises text only when a text or code encoder reads tokens (`input: raw`)."""
 
 from __future__ import annotations
 

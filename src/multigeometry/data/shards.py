@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from multigeometry.data.images import to_rgb
 from multigeometry.config import MODALITIES, AudioConfig, Params, ShardConfig
+from multigeometry.data.images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,9 @@ def _raw_members(sample: dict[str, Any], row: dict, raw_root: Path, params: Para
     sample["meta.json"] = json.dumps(meta_of(row), sort_keys=True).encode()
 
 
-def _text_list_features(samples: list[dict[str, Any]], rows: Sequence[dict], column: str, models: FeatureModels) -> None:
+def _text_list_features(
+    samples: list[dict[str, Any]], rows: Sequence[dict], column: str, models: FeatureModels
+) -> None:
     lists = [list(row.get(column) or []) for row in rows]
     if not any(lists):
         return

@@ -55,8 +55,8 @@ from multigeometry.data.sources.media import (
     media_stem,
     write_media,
 )
-from multigeometry.data.video import video_extension
 from multigeometry.data.sources.stdlib_code import code_without_docstring, first_paragraph
+from multigeometry.data.video import video_extension
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -69,7 +69,8 @@ def random_voice(rng: np.random.Generator) -> Voice:
 
 
 def _is_near_duplicate(cfg: WorldConfig, seed: int, index: int) -> bool:
-    return index > 0 and cfg.near_duplicates > 0 and np.random.default_rng([seed, index, 3]).random() < cfg.near_duplicates
+    near = cfg.near_duplicates
+    return index > 0 and near > 0 and np.random.default_rng([seed, index, 3]).random() < near
 
 
 def scene_of(cfg: WorldConfig, seed: int, index: int) -> Scene:

@@ -60,9 +60,7 @@ def _wav_truncated(path: Path) -> bool:
 def check_audio(path: Path, cfg: ValidateConfig, audio: AudioConfig | None = None) -> Failure | None:
     import soundfile as sf
 
-    from multigeometry.data.audio import AudioDecodeError, load_audio
-
-    from multigeometry.data.audio import is_container, read_container_audio
+    from multigeometry.data.audio import AudioDecodeError, is_container, load_audio, read_container_audio
 
     try:
         if _wav_truncated(path):
