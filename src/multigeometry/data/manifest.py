@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multigeometry.config import MODALITIES, SPLITS, SplitFractions
+from multigeometry.paths import MANIFEST  # noqa: F401  (re-exported: the manifest's file name, for its readers)
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: the world's worker processes need only the rows
     import pandas as pd
