@@ -82,6 +82,8 @@ OPTIONS: dict[str, list[str]] = {
     "base": [],
     "pcmepp": ["loss.objective=sigmoid"],
     "pcmepp-pseudo": ["loss.objective=sigmoid", "loss.pseudo_positive_weight=0.1"],
+    "pcmepp-pseudo-warm": ["loss.objective=sigmoid", "loss.pseudo_positive_weight=0.1",
+                           "loss.pseudo_positive_warmup_steps=50"],
     "pcmepp-mixup": ["loss.objective=sigmoid", "loss.mixup=0.5"],
     "vib-0": ["loss.kl_weight=0.0"],
     "vib-1e-3": ["loss.kl_weight=0.001"],
@@ -90,7 +92,7 @@ OPTIONS: dict[str, list[str]] = {
     "levels": ["loss.hierarchy_contrastive_weight=0.5"],
 }
 GEOMETRY_OPTIONS = {"point": ("base", "pcmepp", "levels"),
-                    "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-mixup", "vib-0", "vib-1e-3", "inclusion",
+                    "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-pseudo-warm", "pcmepp-mixup", "vib-0", "vib-1e-3", "inclusion",
                                 "levels"),
                     "cone": ("base", "pcmepp", "margins-aperture", "levels")}
 MODELS |= {f"{option}@{g}": [f"model.geometry={g}", *OPTIONS[option]]

@@ -137,3 +137,21 @@ def test_each_option_trains_through_the_criterion(geometry):
     assert raw.grad is not None and bool(torch.isfinite(raw.grad).all())
     with pytest.raises(ValueError, match="objective: sigmoid"):
         MainCriterion(LossConfig(mixup=0.5), model_cfg)
+
+
+def test_pseudo_positives_wait_for_their_warmup_steps():
+    torch.manual_seed(0)
+    model = ModelConfig(geometry="point", embed_dim=8, n_components=1)
+    mu = F.normalize(torch.randn(6, 1, 8), dim=-1)
+    a = MixtureParams(torch.zeros(6, 1), mu, None)
+    b = MixtureParams(torch.zeros(6, 1), mu.roll(1, 0), None)  # every row's positive is a stranger's point
+    cfg = dict(objective="sigmoid", pseudo_positive_weight=0.5, kl_weight=0.0)
+    warm = MainCriterion(LossConfig(**cfg, pseudo_positive_warmup_steps=3), model)
+    plain = MainCriterion(LossConfig(**{**cfg, "pseudo_positive_weight": 0.0}), model)
+    pseudo = MainCriterion(LossConfig(**cfg), model)
+    for step in range(5):
+        warm.step = step
+        expected = plain if step < 3 else pseudo
+        assert warm.pseudo_positive_weight() == (0.0 if step < 3 else 0.5)
+        torch.testing.assert_close(warm(a, b)["loss"], expected(a, b)["loss"])
+    assert not torch.allclose(plain(a, b)["loss"], pseudo(a, b)["loss"])  # the pseudo-positives change the loss

@@ -470,6 +470,7 @@ class LossConfig:
     objective: Literal["infonce", "sigmoid"] = "infonce"
     init_logit_bias: float = -10.0  # the sigmoid objective's learnable bias, at the start (SigLIP's)
     pseudo_positive_weight: float = bounded(0.0, min=0.0, max=1.0)  # sigmoid: pairs above a row's positive: label
+    pseudo_positive_warmup_steps: int = bounded(0, min=0)  # no pseudo-positives for this many steps (a random start)
     # sigmoid, single process: this share of a batch's pairs has its first side's features mixed with another pair's
     # (PCME++'s mixed-sample augmentation), labels mixed alike
     mixup: float = bounded(0.0, min=0.0, max=1.0)

@@ -494,6 +494,8 @@ class MainCriterion(nn.Module):
         super().__init__()
         self.cfg, self.geometry = loss_cfg, model_cfg.geometry
         self.family = family_for(model_cfg.geometry)
+        # the optimizer steps taken so far, set by the training loop (it gates `loss.pseudo_positive_warmup_steps`)
+        self.step = 0
         self.terms = geometry_terms(self.family.name)
         # the model's similarity when given (PairModel.similarity), else the one the configs name
         self.similarity: Similarity = similarity or Similarity.from_config(
@@ -520,6 +522,12 @@ class MainCriterion(nn.Module):
     def uses_hierarchy(self) -> bool:
         """Whether a hierarchy term is on for this geometry (then the batch's general descriptions are encoded)."""
         return self.cfg.hierarchy_contrastive_weight > 0 or self.terms.uses_hierarchy(self.cfg, self.geometry)
+
+    def pseudo_positive_weight(self) -> float:
+        """`loss.pseudo_positive_weight`, or 0 for the first `loss.pseudo_positive_warmup_steps` steps: from a random
+        head most negatives outscore their positive, and labelling them positive collapses training (PCME++ starts
+        from a trained CLIP, where few do)."""
+        return self.cfg.pseudo_positive_weight if self.step >= self.cfg.pseudo_positive_warmup_steps else 0.0
 
     def forward(
         self,
@@ -574,7 +582,7 @@ class MainCriterion(nn.Module):
         if soft_rows is not None and n != a.batch_size:
             raise ValueError("loss.mixup needs a single process (its mixed rows are local)")
         sim = self.similarity(a_all, b_all)
-        labels = pair_labels(groups, groups, sim, self.cfg.pseudo_positive_weight, soft_rows)
+        labels = pair_labels(groups, groups, sim, self.pseudo_positive_weight(), soft_rows)
         scale = self.logit_scale()
         return sigmoid_pairwise_loss(sim, scale, self.logit_bias, labels)
 

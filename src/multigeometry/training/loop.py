@@ -274,6 +274,7 @@ class Trainer:
 
     def _train_step(self, group: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batches = [b.to(self.rt.device) for b in group]
+        self.module.criterion.step = self.step
         self.optimizer.zero_grad(set_to_none=True)
         terms = accumulated_backward(self.module, batches, self.ddp, self._autocast)
         if self.cfg.grad_clip > 0:
