@@ -92,8 +92,8 @@ OPTIONS: dict[str, list[str]] = {
     "levels": ["loss.hierarchy_contrastive_weight=0.5"],
 }
 GEOMETRY_OPTIONS = {"point": ("base", "pcmepp", "levels"),
-                    "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-pseudo-warm", "pcmepp-mixup", "vib-0", "vib-1e-3", "inclusion",
-                                "levels"),
+                    "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-pseudo-warm", "pcmepp-mixup", "vib-0",
+                                "vib-1e-3", "inclusion", "levels"),
                     "cone": ("base", "pcmepp", "margins-aperture", "levels")}
 MODELS |= {f"{option}@{g}": [f"model.geometry={g}", *OPTIONS[option]]
            for g, options in GEOMETRY_OPTIONS.items() for option in options}
