@@ -36,19 +36,20 @@ def test_mean_pooling_ignores_the_order_and_a_fresh_seq_transf_equals_it():
         make_temporal("maxP", D)
 
 
-def _order_task(temporal: str, steps: int = 150) -> float:
+def _order_task(temporal: str, steps: int = 150, deltas: bool = False, appearance: float = 1.0,
+                motion_scale: float = 1.0) -> float:
     """Train the pooling and a linear probe to tell a clip from the clip played backwards; held-out accuracy."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    pool = make_temporal(temporal, D, width=16, layers=1, heads=2)
+    pool = make_temporal(temporal, D, width=16, layers=1, heads=2, deltas=deltas)
     probe = torch.nn.Linear(D, 1)
     optimiser = torch.optim.Adam([*pool.parameters(), *probe.parameters()], lr=1e-2)
 
-    motion = torch.randn(D, generator=gen)  # "moving left": frames drift along it; backwards, against it
+    motion = motion_scale * torch.randn(D, generator=gen)  # "moving left": frames drift along it; backwards, against it
 
     def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         steps = torch.arange(T, dtype=torch.float32) - (T - 1) / 2
-        clips = torch.randn(n, 1, D, generator=gen) + steps[None, :, None] * motion
+        clips = appearance * torch.randn(n, 1, D, generator=gen) + steps[None, :, None] * motion
         flip = torch.rand(n, generator=gen) < 0.5
         clips[flip] = clips[flip].flip(1)  # the same frames, so the same mean
         return clips, flip.float()
@@ -67,6 +68,17 @@ def _order_task(temporal: str, steps: int = 150) -> float:
 def test_only_the_temporal_transformer_tells_a_clip_from_the_clip_played_backwards():
     assert _order_task("meanP") < 0.6  # a bag of frames sits at chance
     assert _order_task("seqTransf") > 0.9
+
+
+def test_frame_differences_let_seq_transf_see_a_faint_motion_under_a_strong_appearance():
+    torch.manual_seed(0)
+    frames = torch.randn(3, T, D)
+    seq = make_temporal("seqTransf", D, width=8, layers=1, heads=2, deltas=True)
+    torch.testing.assert_close(seq(frames), frames.mean(1))  # still meanP when fresh
+    faint = {"appearance": 10.0, "motion_scale": 0.1}  # pooled image features: what moves hardly shows
+    with_deltas = _order_task("seqTransf", deltas=True, **faint)
+    print(f"faint motion: seqTransf {_order_task('seqTransf', **faint):.3f}, with deltas {with_deltas:.3f}")
+    assert with_deltas > 0.9
 
 
 def test_the_video_encoder_pools_frame_features_before_the_trunk():

@@ -392,6 +392,9 @@ class VideoEncoderConfig(EncoderConfig):
     temporal_layers: int = bounded(1, min=1, max=12)  # seqTransf: transformer layers
     temporal_heads: int = bounded(4, min=1, max=32)  # seqTransf: attention heads (they divide temporal_width)
     temporal_width: int = bounded(128, min=4)  # seqTransf: its width; the frames are projected down, then back up
+    # seqTransf: its tokens are what changes, each frame less the clip's mean and its difference from the previous
+    # frame (pooled frame features hardly change as things move; BENCHMARKS.md, "meanP against seqTransf")
+    temporal_deltas: bool = True
 
     def __post_init__(self) -> None:
         if self.temporal_width % self.temporal_heads:

@@ -155,7 +155,7 @@ class VideoEncoder(ModalityEncoder):
     def __init__(self, trunk: Trunk, cfg: VideoEncoderConfig, norm: FeatureNorm | None, feature_dim: int) -> None:
         super().__init__(trunk, cfg, norm)
         self.temporal = make_temporal(cfg.temporal, feature_dim, cfg.temporal_width, cfg.temporal_layers,
-                                      cfg.temporal_heads, cfg.dropout)
+                                      cfg.temporal_heads, cfg.dropout, cfg.temporal_deltas)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         frames = self._get(batch, "video.emb")

@@ -6,6 +6,13 @@
   added to the frames (CLIP4Clip's residual) before the mean. Here the transformer runs in a narrower width
   (`temporal_width`): the frames are projected down, and its output projected back up by a map that starts at zero, so
   a fresh seqTransf is exactly meanP and learns only what order adds.
+
+  With `deltas` (`model.video.temporal_deltas`, our addition to CLIP4Clip) the transformer's tokens hold what changes:
+  each frame less the clip's mean frame (the residual carries the mean already) plus its difference from the
+  previous frame. Pooled image features hardly change as an object moves, and a frame's appearance dominates its
+  token, so the plain seqTransf barely tells a clip from its reversal (BENCHMARKS.md, "meanP against seqTransf"); the
+  differences' mean over the clip is (last − first) / T through the transformer's residual path, which flips sign
+  when the clip is played backwards.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ class MeanPool(nn.Module):
 
 
 class SeqTransf(nn.Module):
-    def __init__(self, dim: int, width: int = 128, layers: int = 1, heads: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, width: int = 128, layers: int = 1, heads: int = 4, dropout: float = 0.0,
+                 deltas: bool = False) -> None:
         super().__init__()
         self.down = nn.Linear(dim, width)
+        self.down_delta = nn.Linear(dim, width, bias=False) if deltas else None
         self.positions = nn.Parameter(torch.zeros(MAX_FRAMES, width))
         nn.init.normal_(self.positions, std=0.02)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=dropout,
@@ -44,18 +53,22 @@ class SeqTransf(nn.Module):
         t = frames.shape[1]
         if t > MAX_FRAMES:
             raise ValueError(f"seqTransf: {t} frames, more than the {MAX_FRAMES} positions it has (video.num_frames)")
-        x = self.down(frames) + self.positions[:t]
+        if self.down_delta is None:
+            x = self.down(frames) + self.positions[:t]
+        else:  # what changes: the frames less their mean (which the residual carries), and their differences
+            x = self.down(frames - frames.mean(dim=1, keepdim=True)) + self.positions[:t]
+            x = x + self.down_delta(torch.diff(frames, dim=1, prepend=frames[:, :1]))
         x = self.norm(self.encoder(x))
         return (frames + self.up(x)).mean(dim=1)
 
 
 def make_temporal(kind: str, dim: int, width: int = 128, layers: int = 1, heads: int = 4,
-                  dropout: float = 0.0) -> nn.Module:
+                  dropout: float = 0.0, deltas: bool = False) -> nn.Module:
     """`meanP` or `seqTransf` over frames of `dim` features."""
     if kind == "meanP":
         return MeanPool()
     if kind == "seqTransf":
-        return SeqTransf(dim, width, layers, heads, dropout)
+        return SeqTransf(dim, width, layers, heads, dropout, deltas)
     raise ValueError(f"model.video.temporal: unknown {kind!r}; allowed: 'meanP', 'seqTransf'")
 
 
