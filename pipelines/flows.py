@@ -6,7 +6,8 @@
   which prepare's key includes through its deps.
 - Retries with exponential backoff on prepare and register (`orchestration.retries`, `orchestration.retry_delay_s`);
   a failure is a `StageFailed` that names the stage and its cause.
-- Shards are written by a Dask fan-out (`fanout.dask_writer`); training runs under torchrun (`launch.run_train`).
+- Shards are written by a Dask fan-out (`fanout.dask_writer`); training and evaluation run under torchrun
+  (`launch.run_stage`).
 
 Run it with `python -m pipelines.flows [--params FILE] [--set key=value ...] [--root DIR]`, or deploy it (prefect.yaml).
 """
@@ -39,12 +40,12 @@ class StageFailed(RuntimeError):
 def _call_stage(name: str, params: Params, params_file: Path, overrides: Sequence[str], root: Path) -> Path:
     import importlib
 
-    if name == "train":
-        from multigeometry.paths import models_dir
-        from pipelines.launch import run_train
+    if name in ("train", "evaluate"):
+        from multigeometry.paths import eval_dir, models_dir
+        from pipelines.launch import run_stage
 
-        run_train(params, params_file, overrides, root)
-        return models_dir(params, root)
+        run_stage(name, params, params_file, overrides, root)
+        return models_dir(params, root) if name == "train" else eval_dir(params, root)
     if name == "shard":
         from multigeometry.stages.shard import shard
         from pipelines.fanout import dask_writer

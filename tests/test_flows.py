@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from multigeometry.config import ParamsError, params_from_dict
-from pipelines.launch import train_command
+from pipelines.launch import stage_command
 from pipelines.stage_cache import StageSpecError, load_stage, missing_outputs, stage_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,17 +80,22 @@ def test_an_edited_source_folder_changes_the_prepare_key(tmp_path):
     assert stage_key("prepare", params, tmp_path) != before
 
 
-def test_train_command_is_dvc_yamls_or_the_launcher(tmp_path):
-    params = params_from_dict({"train": {"nproc": 2}})
-    command = train_command(params, tmp_path / "p.yaml", ["train.lr=0.1"])
+@pytest.mark.parametrize(("stage", "key"), [("train", "train"), ("evaluate", "eval")])
+def test_launched_stages_run_dvc_yamls_command_or_the_launcher(stage, key, tmp_path):
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    assert cmd == f"torchrun --standalone --nproc-per-node=${{{key}.nproc}} -m multigeometry {stage}"
+    params = params_from_dict({key: {"nproc": 2}})
+    command = stage_command(stage, params, tmp_path / "p.yaml", ["train.lr=0.1"])
     assert Path(command[0]).name == "torchrun"
-    assert command[1:] == ["--standalone", "--nproc-per-node=2", "-m", "multigeometry", "train", "--params",
+    assert command[1:] == ["--standalone", "--nproc-per-node=2", "-m", "multigeometry", stage, "--params",
                            str((tmp_path / "p.yaml").resolve()), "--set", "train.lr=0.1"]
-    launcher = params_from_dict({"train": {"nproc": 4}, "orchestration": {
+    launcher = params_from_dict({key: {"nproc": 4}, "orchestration": {
         "launcher": "torchrun --nnodes=2 --rdzv-endpoint=h0:29500 --nproc-per-node={nproc} {args}"}})
-    assert train_command(launcher, Path("/p y.yaml"), []) == [
-        "torchrun", "--nnodes=2", "--rdzv-endpoint=h0:29500", "--nproc-per-node=4", "-m", "multigeometry", "train",
+    assert stage_command(stage, launcher, Path("/p y.yaml"), []) == [
+        "torchrun", "--nnodes=2", "--rdzv-endpoint=h0:29500", "--nproc-per-node=4", "-m", "multigeometry", stage,
         "--params", "/p y.yaml"]
+    with pytest.raises(ValueError, match="stage 'shard' is not launched under torchrun"):
+        stage_command("shard", params, tmp_path / "p.yaml", [])
 
 
 @pytest.mark.parametrize(("launcher", "match"), [("torchrun {nproc}", "must contain {args}"),

@@ -539,6 +539,8 @@ class EvalConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
     batch_size: int = bounded(256, min=1)  # samples per forward pass when embedding the split
     block_size: int = bounded(1024, min=1)  # queries per block of pair scores: memory is block_size x items
+    # processes (torchrun --nproc-per-node): each ranks the queries against its 1/nproc of the gallery
+    nproc: int = bounded(1, min=1, max=64)
     ks: tuple[int, ...] = _list([1, 5, 10])  # R@K reported as metrics
     curve_max_k: int = bounded(50, min=1)  # the recall@K plot runs K = 1 .. curve_max_k
     # a mixture's uncertainty (cones: the aperture)
