@@ -398,7 +398,7 @@ def test_runs_under_autocast(backbones: dict, backbone_batch: dict, kind: str) -
         ("text", _cfg(input="raw"), {}, ["model.text.input", "loader.tokenizer"]),
         ("code", _cfg(input="emb", backbone="bert"), {"feature_dim": 4}, ["model.code.backbone", "input: raw"]),
         ("image", _cfg(input="raw", backbone="torchvision:resnet1O"), {}, ["model.image.backbone", "resnet18"]),
-        ("audio", _cfg(input="raw", backbone="torchvision:resnet18"), {}, ["model.audio.backbone", "images only"]),
+        ("audio", _cfg(input="raw", backbone="torchvision:resnet18"), {}, ["model.audio.backbone", "video only"]),
         ("audio", _cfg(input="raw", unfreeze_last_n=1), {}, ["model.audio.unfreeze_last_n", "pretrained backbone"]),
         ("image", _cfg(input="raw", backbone="efficientnet-lite0"), {}, ["model.image.backbone", "features.image"]),
         ("text", _cfg(input="raw", backbone="whisper-tiny.en"), {}, ["model.text.backbone", "audio"]),

@@ -93,11 +93,28 @@ def test_the_video_encoder_pools_frame_features_before_the_trunk():
         build_encoder("video", cfg, feature_dim=None)
 
 
+def test_raw_frames_are_sampled_per_segment_and_resized():
+    import numpy as np
+
+    from multigeometry.config import VideoConfig
+    from multigeometry.data.frame_sampling import VideoSampler
+
+    decoded = np.stack([np.full((12, 20, 3), 10 * i, dtype=np.uint8) for i in range(8)])  # frame i is all 10 * i
+    frames = VideoSampler(VideoConfig(num_frames=4, frame_side=16)).frames(decoded)
+    assert frames.shape == (4, 3, 16, 16) and frames.dtype == torch.float32
+    # the centres of 4 equal segments of 8 frames: 1, 3, 5, 7 (segment_indices), a flat frame stays flat when resized
+    torch.testing.assert_close(frames[:, 0, 0, 0], torch.tensor([10.0, 30.0, 50.0, 70.0]) / 255)
+    with pytest.raises(ValueError, match=r"video: expected decoded frames \(frames, height, width, 3\)"):
+        VideoSampler(VideoConfig()).frames(decoded[..., 0])
+
+
 def test_video_encoder_params_are_checked():
     with pytest.raises(ParamsError, match=r"model\.video\.temporal_heads \(3\) must divide"):
         VideoEncoderConfig(temporal_heads=3, temporal_width=8)
-    with pytest.raises(ParamsError, match=r"model\.video\.input: raw: no raw-frame backbone"):
+    with pytest.raises(ParamsError, match=r"model\.video\.input: raw needs a torchvision video model"):
         VideoEncoderConfig(input="raw")
+    with pytest.raises(ParamsError, match=r"unknown torchvision video architecture 'resnet18'.*r3d_18"):
+        build_encoder("video", VideoEncoderConfig(input="raw", backbone="torchvision:resnet18"))
     params = params_from_dict({"model": {"video": {"temporal": "meanP"}}})
     assert params.model.video.temporal == "meanP" and params.model.video.hidden_dim == params.model.image.hidden_dim
 

@@ -62,6 +62,33 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     # the temporal check: rows whose motion has an opposite, against their clip reversed and shuffled
     assert 0.0 <= metrics["video/temporal_R@1"] <= 1.0
     assert {"text_to_video/temporal_R@1", "video_to_text/temporal_R@1"} <= set(metrics)
+    _a_raw_frame_backbone_trains_on_the_same_shards(params, tmp_path)
+
+
+def _a_raw_frame_backbone_trains_on_the_same_shards(params, root: Path) -> None:
+    """`model.video.input: raw` with a torchvision video model (random init: no weights offline) over the clips'
+    decoded frames: the loader decodes them, the backbone stays frozen but for its last block."""
+    from multigeometry.inference import load_trained
+    from multigeometry.paths import raw_dir
+    from multigeometry.registry.inputs import RawEmbedder
+    from multigeometry.stages.evaluate import evaluate
+    from multigeometry.stages.train import train
+
+    raw = params_from_dict(params.to_dict(), [
+        "model.video.input=raw", "model.video.backbone=torchvision:mc3_18", "model.video.unfreeze_last_n=1",
+        "video.frame_side=32", "train.run_name=video-raw", "train.epochs=1", "eval.grid_queries=0"])
+    train(raw, root)
+    trained = load_trained(models_dir(raw, root) / "model.pt")
+    encoder = trained.model.encoders["video"]
+    assert type(encoder.trunk).__name__ == "TorchvisionVideoTrunk" and encoder.temporal is None
+    trainable = {n.split(".")[1] for n, p in encoder.trunk.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4"}, trainable  # frozen but for the last block
+    metrics = json.loads((evaluate(raw, root) / "metrics.json").read_text())
+    assert 0.0 <= metrics["video_to_text/R@1"] <= 1.0 and 0.0 <= metrics["video/temporal_R@1"] <= 1.0
+    clip = sorted((raw_dir(raw, root) / "video").glob("*.mp4"))[0]
+    embedded = RawEmbedder(trained).embed([{"video": str(clip)}, {"video": clip.read_bytes()}])
+    assert embedded.rows == {"video": [0, 1]}
+    torch.testing.assert_close(embedded.dists["video"].mu[0], embedded.dists["video"].mu[1])
 
 
 def _embeds_a_clip_given_as_a_path_or_bytes(params, root: Path) -> None:

@@ -104,7 +104,11 @@ def test_the_round_trip_gives_back_the_clip_and_the_features_of_its_segment_fram
         expected = extractor.encode([picked])[0]
         np.testing.assert_allclose(decoded["video.emb"], expected, atol=1e-5)
         example = to_example(decoded, None, {}, VideoSampler(params.video))
-        assert "video" not in example  # no encoder reads raw frames
+        side = params.video.frame_side  # decoded frames (for a raw-frame backbone): the segments' frames, resized
+        assert example["video"].shape == (params.video.num_frames, 3, side, side)
+        skipped = to_example(decode_members(members, str(out), skip=frozenset({"video"})), None, {},
+                             VideoSampler(params.video))
+        assert "video" not in skipped  # what the loaders skip when no encoder reads raw frames
         np.testing.assert_allclose(example["video.emb"].numpy(), expected[[1, 3]], atol=1e-5)  # 2 segment centres
 
 

@@ -279,6 +279,8 @@ class VideoConfig:
     num_frames: int = bounded(4, min=1, max=64)
     jitter: bool = True  # training: a random frame inside each segment instead of its centre
     threads: int = bounded(2, min=0, max=64)  # FFmpeg decoding threads (0: FFmpeg's choice); frames are the same
+    # model.video.input raw: the sampled frames are resized to this side (112: torchvision's Kinetics video models)
+    frame_side: int = bounded(112, min=8, max=1024)
 
     def __post_init__(self) -> None:
         if self.num_frames > self.feature_frames:
@@ -385,7 +387,9 @@ class EncoderConfig:
 @dataclass(frozen=True)
 class VideoEncoderConfig(EncoderConfig):
     """The video encoder: a clip's frame features (video.emb, video.num_frames x dim) pooled over time by `temporal`
-    (CLIP4Clip's meanP or seqTransf), then the trunk and head as for the other modalities' features."""
+    (CLIP4Clip's meanP or seqTransf), then the trunk and head as for the other modalities' features; or, with
+    `input: raw`, a torchvision video model (`backbone: torchvision:<arch>[@weights.pth]`) over the clip's
+    `video.num_frames` decoded frames at `video.frame_side` pixels, frozen but for its last `unfreeze_last_n` blocks."""
 
     # meanP: the mean of the frames (a bag of frames) | seqTransf: a small transformer with positions over them
     temporal: Literal["meanP", "seqTransf"] = "seqTransf"
@@ -400,9 +404,10 @@ class VideoEncoderConfig(EncoderConfig):
         if self.temporal_width % self.temporal_heads:
             raise ParamsError(f"model.video.temporal_heads ({self.temporal_heads}) must divide "
                               f"model.video.temporal_width ({self.temporal_width})")
-        if self.input != "emb":
-            raise ParamsError("model.video.input: raw: no raw-frame backbone yet; the video encoder reads the shards' "
-                              "frame features (input: emb, with features.video.model set)")
+        if self.input == "raw" and not self.backbone.startswith("torchvision:"):
+            raise ParamsError(f"model.video.input: raw needs a torchvision video model as model.video.backbone "
+                              f"(torchvision:r3d_18, torchvision:mc3_18, ...[@weights.pth]), got {self.backbone!r}; "
+                              "or input: emb, the shards' frame features (features.video.model)")
 
 
 @dataclass(frozen=True)

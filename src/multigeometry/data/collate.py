@@ -26,13 +26,14 @@ def load_tokenizer(name: str) -> Any:
 class Collator:
     """Stacks a list of sample dicts into a `Batch` (data/batch.py).
 
-    The encoders' inputs: images (B,3,S,S), audio log-mels padded to the longest (B,M,T) with `audio_lengths`, text
-    and code tokens (`input_ids`, `attention_mask`), pretrained features `<modality>.emb` (B,D; a clip's sampled
-    frames (B,T,D)); beside them the raw strings, a `present` mask per modality, the hierarchy's, parts' and temporal
-    contrasts' texts, `group_ids` (B,) and the `pairs` to score with their weights — a pair is kept when at least two
-    samples carry both its modalities. Text (and the flattened texts) is tokenised only with `tokenize` (default:
-    whenever `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`, true only where a text or code
-    encoder reads tokens).
+    The encoders' inputs: images (B,3,S,S), audio log-mels padded to the longest (B,M,T) with `audio_lengths`, clips'
+    decoded frames (B,T,3,S,S; for a raw-frame video backbone), text and code tokens (`input_ids`,
+    `attention_mask`), pretrained features `<modality>.emb` (B,D; a clip's sampled frames (B,T,D)); beside them the
+    raw strings, a `present` mask per modality, the hierarchy's, parts' and temporal contrasts' texts, `group_ids`
+    (B,) and the `pairs` to score with their weights — a pair is kept when at least two samples carry both its
+    modalities. Text (and the flattened texts) is tokenised only with `tokenize` (default: whenever
+    `loader.tokenizer` names one; the loaders pass `data.reads.needs_tokens`, true only where a text or code encoder
+    reads tokens).
     """
 
     def __init__(self, pairs: DatasetPairConfig, loader: LoaderConfig, tokenizer: Any | None = None,
@@ -121,6 +122,9 @@ class Collator:
                         padded[i, :, : lengths[i]] = e["audio"]
                 inputs["audio"] = padded
                 inputs["audio_lengths"] = torch.tensor(lengths, dtype=torch.long)
+            elif modality == "video" and have:  # decoded frames, for a raw-frame backbone
+                shape = have[0]["video"].shape
+                inputs["video"] = torch.stack([e["video"] if "video" in e else torch.zeros(shape) for e in examples])
             elif modality in ("text", "code") and have:
                 raw[modality] = [e.get(modality, "") for e in examples]
                 if self.tokenize:

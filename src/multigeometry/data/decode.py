@@ -84,7 +84,7 @@ def to_example(
 ) -> dict[str, Any]:
     """The sample dict: ids, hierarchy, and each modality ready for collation. A clip's frame features (`video.emb`,
     F x D) become the `video.num_frames` frames `video` samples (default: `VideoConfig`'s, no jitter); its decoded
-    frames (`video`) stay out of the example: no encoder reads raw frames."""
+    frames (`video`, decoded only for a raw-frame backbone) become `video.num_frames` frames at `video.frame_side`."""
     import torch
 
     from multigeometry.config import VideoConfig
@@ -102,9 +102,11 @@ def to_example(
         "ambiguity": meta.get("ambiguity", {}),
         "temporal_contrasts": meta.get("temporal_contrasts", []),
     }
+    sampler = video if video is not None else VideoSampler(VideoConfig())
     if "video.emb" in decoded:
-        sampler = video if video is not None else VideoSampler(VideoConfig())
         example["video.emb"] = sampler.features(decoded["video.emb"])
+    if "video" in decoded:
+        example["video"] = sampler.frames(decoded["video"])
     if "image" in decoded:
         image = decoded["image"]
         example["image"] = image_transform(image) if image_transform is not None else image

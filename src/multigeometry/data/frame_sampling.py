@@ -1,7 +1,8 @@
 """Which of a clip's frames an encoder sees: `video.num_frames` of them, one per equal segment (TSN-style segment
 sampling, `data.video.segment_indices`): each segment's centre frame, or in training (`video.jitter`) a random frame
 inside it. The sampler picks among the shards' frame features (`video.emb`, F x D: the F = `video.feature_frames`
-frames the shard stage embedded).
+frames the shard stage embedded), or, for a raw-frame backbone, among a clip's decoded frames, resized to
+`video.frame_side`.
 
 Training draws come from torch's global generator, as the image augmentation's do, so a resumed run replays them.
 """
@@ -34,3 +35,15 @@ class VideoSampler:
         if emb.ndim != 2:
             raise ValueError(f"video.emb: expected frame features (frames, dim), got shape {emb.shape}")
         return torch.from_numpy(np.array(emb[self.indices(emb.shape[0])], dtype=np.float32))
+
+    def frames(self, decoded: np.ndarray) -> torch.Tensor:
+        """A clip's decoded frames (N, H, W, 3) uint8 -> (num_frames, 3, frame_side, frame_side) float in [0, 1]."""
+        if decoded.ndim != 4 or decoded.shape[-1] != 3 or not len(decoded):
+            raise ValueError(f"video: expected decoded frames (frames, height, width, 3), got shape {decoded.shape}")
+        picked = torch.from_numpy(np.ascontiguousarray(decoded[self.indices(decoded.shape[0])]))
+        x = picked.permute(0, 3, 1, 2).float() / 255.0
+        side = self.cfg.frame_side
+        if x.shape[-2:] != (side, side):
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+                                                align_corners=False).clamp_(0.0, 1.0)
+        return x

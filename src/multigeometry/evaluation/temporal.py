@@ -22,7 +22,7 @@ from torch import Tensor
 from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import Distribution, concat, select_rows
 from multigeometry.geometry.similarity import SimilarityFn
-from multigeometry.models.temporal import checked_rows, time_variants
+from multigeometry.models.temporal import checked_rows, encoded_time_variants
 
 
 @dataclass
@@ -52,10 +52,10 @@ class TemporalCollector:
         if checked is None or contrasts is None:
             return
         keep, entries, owner = checked
-        device = on_device.inputs["video.emb"].device
-        clips = time_variants(on_device.inputs["video.emb"])
-        for name, x in zip(("forward", "backward", "shuffled"), clips, strict=False):
-            self.parts[name].append(select_rows(model.encode({"video.emb": x}, "video"), keep.to(device)))
+        device = on_device.inputs[model.encoders["video"].input_key].device
+        clips = encoded_time_variants(model, on_device.inputs)
+        for name, clip in zip(("forward", "backward", "shuffled"), clips, strict=False):
+            self.parts[name].append(select_rows(clip, keep.to(device)))
         self.parts["captions"].append(select_rows(model.encode(on_device.inputs, "text"), keep.to(device)))
         self.parts["contrasts"].append(select_rows(contrasts, entries.to(device)))
         self.owners.append(owner + self.rows)

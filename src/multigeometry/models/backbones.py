@@ -7,7 +7,7 @@ Three kinds, all `Trunk`s so that an encoder can freeze, partly unfreeze and che
   (log-mels);
 - pretrained backbones loaded by `load_backbone`: transformers text models (`TextTransformersTrunk`), ViT / CLIP
   vision towers (`ImageTransformersTrunk`), Whisper encoders (`WhisperTrunk`) and torchvision classifiers
-  (`TorchvisionTrunk`).
+  (`TorchvisionTrunk`, and `TorchvisionVideoTrunk` over a clip's frames).
 """
 
 from __future__ import annotations
@@ -415,15 +415,37 @@ class TorchvisionTrunk(Trunk):
         return out.flatten(1)
 
 
+class TorchvisionVideoTrunk(TorchvisionTrunk):
+    """A torchvision video model (torchvision.models.video) over a clip's frames (B, T, 3, S, S) in [0, 1],
+    normalised as its Kinetics-400 weights expect, without its classifier: (B, width)."""
+
+    KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+    KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+    def __init__(self, model: nn.Module, width: int) -> None:
+        super().__init__(model, width)
+        self.register_buffer("mean", torch.tensor(self.KINETICS_MEAN)[None, :, None, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(self.KINETICS_STD)[None, :, None, None, None], persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 5:
+            raise ValueError(f"a video backbone reads frames (batch, frames, 3, side, side), got {tuple(frames.shape)}")
+        clips = (frames.permute(0, 2, 1, 3, 4) - self.mean) / self.std  # (B, 3, T, S, S)
+        return self.model(clips).flatten(1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def torchvision_architectures() -> list[str]:
+def torchvision_architectures(video: bool = False) -> list[str]:
+    """torchvision's image classifiers, or (``video``) its video classifiers (torchvision.models.video)."""
     import torchvision
+    import torchvision.models.video
 
-    return list(torchvision.models.list_models(module=torchvision.models))
+    module = torchvision.models.video if video else torchvision.models
+    return list(torchvision.models.list_models(module=module))
 
 
 def _remove_head(model: nn.Module, where: str, arch: str) -> int:
@@ -455,17 +477,19 @@ def _load_state_dict(path_text: str, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_torchvision(spec: str, where: str) -> TorchvisionTrunk:
-    """``<arch>`` (random init) or ``<arch>@<path to a .pth state dict>``."""
+def load_torchvision(spec: str, where: str, video: bool = False) -> TorchvisionTrunk:
+    """``<arch>`` (random init) or ``<arch>@<path to a .pth state dict>``: an image classifier, or (``video``) a
+    video classifier of torchvision.models.video."""
     import torchvision
 
     arch, _, weights = spec.partition("@")
-    archs = torchvision_architectures()
+    archs = torchvision_architectures(video)
     if arch not in archs:
         close = difflib.get_close_matches(arch, archs, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        kind = "video architecture" if video else "architecture"
         raise ParamsError(
-            f"{where}.backbone: unknown torchvision architecture {arch!r}{hint}; allowed: {', '.join(archs)}"
+            f"{where}.backbone: unknown torchvision {kind} {arch!r}{hint}; allowed: {', '.join(archs)}"
         )
     model = torchvision.models.get_model(arch, weights=None)
     if weights:
@@ -473,7 +497,8 @@ def load_torchvision(spec: str, where: str) -> TorchvisionTrunk:
             model.load_state_dict(_load_state_dict(weights, where))
         except RuntimeError as e:
             raise BackboneError(f"{where}.backbone: {weights} does not fit torchvision:{arch}: {e}") from e
-    return TorchvisionTrunk(model, _remove_head(model, where, arch))
+    trunk = TorchvisionVideoTrunk if video else TorchvisionTrunk
+    return trunk(model, _remove_head(model, where, arch))
 
 
 def _load_text_model(path: str) -> Any:
@@ -559,12 +584,12 @@ def load_backbone(
     n_mels: int = 80,
     audio_normalization: dict | None = None,
 ) -> Trunk:
-    """The pretrained backbone ``name`` for ``modality``: ``torchvision:<arch>[@<weights.pth>]`` (images), else a
+    """The pretrained backbone ``name`` for ``modality``: ``torchvision:<arch>[@<weights.pth>]`` (images, video), else a
     catalogue name, local path or hub id loaded with transformers. ``where`` (``model.<modality>``) prefixes errors."""
     if name.startswith(TORCHVISION_PREFIX):
-        if modality != "image":
-            raise ParamsError(f"{where}.backbone={name!r}: torchvision backbones are for images only")
-        return load_torchvision(name[len(TORCHVISION_PREFIX) :], where)
+        if modality not in ("image", "video"):
+            raise ParamsError(f"{where}.backbone={name!r}: torchvision backbones are for images and video only")
+        return load_torchvision(name[len(TORCHVISION_PREFIX) :], where, video=modality == "video")
     _check_catalogue(modality, name, where)
     try:
         path = resolve_model(name, f"{where}.backbone")

@@ -148,16 +148,24 @@ class AudioEncoder(ModalityEncoder):
 
 class VideoEncoder(ModalityEncoder):
     """A clip's frame features (B, T, D), normalised, pooled over time (`model.video.temporal`: meanP or seqTransf),
-    then the trunk and adapter as for a single feature vector."""
+    then the trunk and adapter as for a single feature vector; or (`input: raw`) its decoded frames (B, T, 3, S, S)
+    through a torchvision video model, which models time itself."""
 
     modality = "video"
 
-    def __init__(self, trunk: Trunk, cfg: VideoEncoderConfig, norm: FeatureNorm | None, feature_dim: int) -> None:
+    def __init__(self, trunk: Trunk, cfg: VideoEncoderConfig, norm: FeatureNorm | None,
+                 feature_dim: int | None) -> None:
         super().__init__(trunk, cfg, norm)
-        self.temporal = make_temporal(cfg.temporal, feature_dim, cfg.temporal_width, cfg.temporal_layers,
-                                      cfg.temporal_heads, cfg.dropout, cfg.temporal_deltas)
+        self.input_key = "video.emb" if self.reads_features else "video"  # the batch input it reads
+        self.temporal = None
+        if self.reads_features:
+            assert feature_dim  # build_trunk refused input: emb without the shards' video.emb
+            self.temporal = make_temporal(cfg.temporal, feature_dim, cfg.temporal_width, cfg.temporal_layers,
+                                          cfg.temporal_heads, cfg.dropout, cfg.temporal_deltas)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.temporal is None:
+            return self.adapter(self.trunk(*self.raw_inputs(batch)))
         frames = self._get(batch, "video.emb")
         if frames.dim() != 3:
             raise ValueError(f"{self.where}: batch['video.emb'] must be frame features (batch, frames, dim), got shape "
@@ -165,7 +173,7 @@ class VideoEncoder(ModalityEncoder):
         return self.adapter(self.trunk(self.temporal(self.norm(frames))))
 
     def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        raise ParamsError(f"{self.where}.input: raw: the video encoder reads frame features only (input: emb)")
+        return (self._get(batch, "video"),)
 
 
 ENCODERS: dict[str, type[ModalityEncoder]] = {
@@ -263,6 +271,6 @@ def build_encoder(
     )
     norm = FeatureNorm(feature_norm, feature_dim, feature_stats) if cfg.input == "emb" and feature_dim else None
     if modality == "video":
-        assert isinstance(cfg, VideoEncoderConfig) and feature_dim  # build_trunk refused a video encoder without them
+        assert isinstance(cfg, VideoEncoderConfig)
         return VideoEncoder(network, cfg, norm, feature_dim)
     return ENCODERS[modality](network, cfg, norm)

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -93,11 +93,18 @@ def time_variants(frames: torch.Tensor) -> list[torch.Tensor]:
     return variants
 
 
+def encoded_time_variants(model: Any, inputs: dict[str, torch.Tensor]) -> list[Any]:
+    """The model's video distributions of a batch's clips as they are, played backwards and shuffled
+    (`time_variants` of what its video encoder reads: the frame features, or the decoded frames of a raw backbone)."""
+    key = model.encoders["video"].input_key
+    return [model.encode({key: x}, "video") for x in time_variants(inputs[key])]
+
+
 def checked_rows(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The rows of a collated batch that the temporal terms check: a clip, a caption and at least one temporal
     contrast. Returns (rows, the contrast entries of those rows, each entry's position among the rows), or None."""
     owner = batch.temporal_contrasts.owner
-    if not len(owner) or "video.emb" not in batch.inputs or not {"video", "text"} <= set(batch.present):
+    if not len(owner) or not {"video.emb", "video"} & set(batch.inputs) or not {"video", "text"} <= set(batch.present):
         return None
     owner = owner.cpu()
     has_contrast = torch.zeros(len(batch), dtype=torch.bool)

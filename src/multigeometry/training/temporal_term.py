@@ -18,7 +18,7 @@ from torch import Tensor
 
 from multigeometry.data.batch import Batch
 from multigeometry.geometry.distribution import select_rows
-from multigeometry.models.temporal import checked_rows, time_variants
+from multigeometry.models.temporal import checked_rows, encoded_time_variants
 
 
 def temporal_term(model: Any, criterion: Any, batch: Batch) -> Tensor | None:
@@ -31,12 +31,11 @@ def temporal_term(model: Any, criterion: Any, batch: Batch) -> Tensor | None:
     if checked is None or contrasts is None:
         return None
     keep, entries, owner = checked
-    frames = batch.inputs["video.emb"]
-    device = frames.device
-    keep, entries, owner = keep.to(device), entries.to(device), owner.to(device)
     scale = criterion.logit_scale()
+    device = scale.device
+    keep, entries, owner = keep.to(device), entries.to(device), owner.to(device)
     captions = select_rows(model.encode(batch.inputs, "text"), keep)
-    clips = [select_rows(model.encode({"video.emb": x}, "video"), keep) for x in time_variants(frames)]
+    clips = [select_rows(c, keep) for c in encoded_time_variants(model, batch.inputs)]
     to_clips = torch.stack([criterion.similarity(captions, c).diagonal() for c in clips], 1)
     target = torch.zeros(len(keep), dtype=torch.long, device=device)
     text_to_video = F.cross_entropy(scale * to_clips, target)
