@@ -15,6 +15,8 @@ from multigeometry.geometry import (
     gaussian_kl_to_standard,
     mixture_from_raw,
     mixture_kl_to_standard,
+    mixture_match_nll,
+    mixture_mean,
     mixture_total_variance,
     mixture_weight_entropy,
     paired_w2_cost,
@@ -207,6 +209,28 @@ def test_total_variance_matches_monte_carlo(gen: torch.Generator) -> None:
         spread = (x - x.mean(0)).pow(2).sum(-1)  # its mean is the trace of the covariance
         stderr = spread.std() / math.sqrt(n)
         assert abs(spread.mean() - exact[i]) < 5 * stderr, (spread.mean(), exact[i], stderr)
+
+
+def test_the_match_nll_teaches_the_spread_the_match_error(gen: torch.Generator) -> None:
+    """Its minimum over a shared log-variance is at v = ‖μ̄ − m‖² / D, and only the variances get gradients."""
+    p = random_mixture(gen, 3, 2, 5, grad=True)
+    partner = torch.randn(3, 5, generator=gen, dtype=F64)
+    nll = mixture_match_nll(p, partner)
+    nll.sum().backward()
+    assert p.mu.grad is None or torch.count_nonzero(p.mu.grad) == 0
+    assert p.logvar.grad is not None and torch.count_nonzero(p.logvar.grad) > 0
+    error = (mixture_mean(p) - partner).pow(2).sum(-1).detach()
+    for i in range(3):
+        best = error[i] / 5
+        at = {}
+        for factor in (0.5, 1.0, 2.0):
+            q = MixtureParams(p.logits.detach()[i : i + 1], p.mu.detach()[i : i + 1],
+                              torch.full_like(p.logvar.detach()[i : i + 1], math.log(best * factor)))
+            at[factor] = float(mixture_match_nll(q, partner[i : i + 1])[0])
+        assert at[1.0] < at[0.5] and at[1.0] < at[2.0], at
+        assert at[1.0] == pytest.approx(0.5 * (math.log(best) + 1.0))
+    with pytest.raises(ValueError, match="needs variances"):
+        mixture_match_nll(MixtureParams.point(p.mu.detach()[:, 0]), partner)
 
 
 def test_gaussian_kl_matches_monte_carlo(gen: torch.Generator) -> None:

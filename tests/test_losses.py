@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from multigeometry.config import LossConfig, ModelConfig
-from multigeometry.geometry import ConeParams, MixtureParams, containment
+from multigeometry.geometry import ConeParams, MixtureParams, containment, mixture_match_nll, mixture_mean
 from multigeometry.losses import Hierarchy, MainCriterion, SinkhornOTLoss, entailment_loss, info_nce
 
 F64 = torch.float64
@@ -158,13 +158,18 @@ def test_group_ids_change_the_contrastive_loss(gen: torch.Generator) -> None:
 
 
 def test_terms_are_weighted_into_the_total(gen: torch.Generator) -> None:
-    cfg = LossConfig(entropy_weight=-0.3, kl_weight=0.01, sinkhorn_weight=0.5, label_smoothing=0.1, csd_tau=2.0)
+    cfg = LossConfig(entropy_weight=-0.3, kl_weight=0.01, sinkhorn_weight=0.5, label_smoothing=0.1, csd_tau=2.0,
+                     uncertainty_nll_weight=0.2)
     crit = MainCriterion(cfg, ModelConfig(n_components=3)).double()
     a, b = random_mixture(gen, 5, 3, 4), random_mixture(gen, 5, 3, 4)
     out = crit(a, b)
-    assert set(out) == {"contrastive", "entropy", "kl", "sinkhorn", "sinkhorn_iters", "logit_scale", "loss"}
+    assert set(out) == {"contrastive", "entropy", "kl", "uncertainty_nll", "sinkhorn", "sinkhorn_iters",
+                        "logit_scale", "loss"}
     assert not out["sinkhorn_iters"].requires_grad and 0 <= out["sinkhorn_iters"].item() <= cfg.sinkhorn_max_iters
-    total = out["contrastive"] - 0.3 * out["entropy"] + 0.01 * out["kl"] + 0.5 * out["sinkhorn"]
+    nll = torch.cat([mixture_match_nll(a, mixture_mean(b)), mixture_match_nll(b, mixture_mean(a))]).mean()
+    torch.testing.assert_close(out["uncertainty_nll"], nll)
+    total = (out["contrastive"] - 0.3 * out["entropy"] + 0.01 * out["kl"] + 0.5 * out["sinkhorn"]
+             + 0.2 * out["uncertainty_nll"])
     torch.testing.assert_close(out["loss"], total)
     out["loss"].backward()
     for t in (a.logits, a.mu, a.logvar, b.logits, b.mu, b.logvar, crit.log_logit_scale):

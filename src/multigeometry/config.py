@@ -467,6 +467,9 @@ class LossConfig:
     label_smoothing: float = bounded(0.0, min=0.0, max=0.5)  # of the InfoNCE targets
     entropy_weight: float = 0.0  # mixture-weight entropy term
     kl_weight: float = bounded(1e-5, min=0.0)  # KL of each Gaussian to N(0, I) (VIB)
+    # mixtures: Gaussian NLL of the partner's mean under each side's spread, so the variance learns the match error;
+    # under InfoNCE the CSD's variance alone acts as a per-item bias against hubs (BENCHMARKS.md, "The harder world")
+    uncertainty_nll_weight: float = bounded(0.0, min=0.0)
     sinkhorn_weight: float = bounded(0.0, min=0.0)  # Sinkhorn OT between the components of positive pairs
     sinkhorn_reg: float = bounded(0.1, min=1e-6)  # its entropic regularisation
     sinkhorn_max_iters: int = bounded(200, min=1)  # its solver's step cap (badly scaled costs need ~30-90)

@@ -32,6 +32,8 @@ from multigeometry.geometry.mixture import (
     MixtureParams,
     inclusion_logit,
     mixture_kl_to_standard,
+    mixture_match_nll,
+    mixture_mean,
     mixture_weight_entropy,
     paired_w2_cost,
 )
@@ -402,13 +404,17 @@ def _no_terms(*_args: object) -> list[Term]:
 
 
 def _mixture_regularisers(cfg: LossConfig, sinkhorn: SinkhornOTLoss, a: MixtureParams, b: MixtureParams) -> list[Term]:
-    """The weight entropy, the VIB's KL to N(0, I) (with variances) and the components' optimal transport."""
+    """The weight entropy, the VIB's KL to N(0, I) and the match-error NLL (with variances), and the components'
+    optimal transport."""
     terms: list[Term] = []
     if cfg.entropy_weight != 0 and a.n_components > 1:
         entropy = torch.cat([mixture_weight_entropy(a.logits), mixture_weight_entropy(b.logits)]).mean()
         terms.append(("entropy", cfg.entropy_weight, entropy))
     if cfg.kl_weight > 0 and a.logvar is not None and b.logvar is not None:
         terms.append(("kl", cfg.kl_weight, torch.cat([mixture_kl_to_standard(a), mixture_kl_to_standard(b)]).mean()))
+    if cfg.uncertainty_nll_weight > 0 and a.logvar is not None and b.logvar is not None:
+        nll = torch.cat([mixture_match_nll(a, mixture_mean(b)), mixture_match_nll(b, mixture_mean(a))]).mean()
+        terms.append(("uncertainty_nll", cfg.uncertainty_nll_weight, nll))
     if cfg.sinkhorn_weight > 0:
         cost = sinkhorn(a, b)
         terms.append(("sinkhorn", cfg.sinkhorn_weight, cost))

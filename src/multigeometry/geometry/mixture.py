@@ -199,16 +199,32 @@ def mixture_weight_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def mixture_mean(p: MixtureParams) -> Tensor:
+    """The mixture's mean Σ_k γ_k μ_k, (B, D)."""
+    return (p.weights()[..., None] * p.mu).sum(1)
+
+
 def mixture_total_variance(p: MixtureParams) -> Tensor:
     """Trace of the mixture's covariance, (B,): Σ_k γ_k (Σ_d σ²_kd + ‖μ_k − μ̄‖²) by the law of total variance.
 
     A single uncertainty number per sample: the spread inside the components plus the spread between them.
     """
     w = p.weights()
-    mean = (w[..., None] * p.mu).sum(1, keepdim=True)
-    between = (p.mu - mean).pow(2).sum(-1)
+    between = (p.mu - mixture_mean(p)[:, None]).pow(2).sum(-1)
     within = p.variances().sum(-1)
     return (w * (within + between)).sum(-1)
+
+
+def mixture_match_nll(p: MixtureParams, partner_mean: Tensor) -> Tensor:
+    """The Gaussian negative log-likelihood of a partner's mean under each sample's isotropic spread, per dimension,
+    (B,): ½ (log v + ‖μ̄ − m‖² / (D v)) with μ̄ = Σ_k γ_k μ_k and v = Σ_k γ_k mean_d σ²_kd. Means are held fixed
+    (detached), so only the spread learns: its optimum is v = ‖μ̄ − m‖² / D, the sample's own match error
+    (heteroscedastic regression, Kendall and Gal 2017)."""
+    if p.logvar is None:
+        raise ValueError("mixture_match_nll needs variances (a mixture, not points)")
+    spread = (p.weights() * p.variances().mean(-1)).sum(-1)
+    error = (mixture_mean(p).detach() - partner_mean.detach()).pow(2).sum(-1)
+    return 0.5 * (spread.log() + error / (p.mu.shape[-1] * spread))
 
 
 def gaussian_kl_to_standard(mu: Tensor, logvar: Tensor) -> Tensor:
