@@ -62,6 +62,9 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     # the temporal check: rows whose motion has an opposite, against their clip reversed and shuffled
     assert 0.0 <= metrics["video/temporal_R@1"] <= 1.0
     assert {"text_to_video/temporal_R@1", "video_to_text/temporal_R@1"} <= set(metrics)
+    # the hierarchy ("a shape in motion" ⊃ ...) and the composition of parts reach the clips as any other items
+    assert {"hierarchy/video/containment_AUC", "composition/video/R@1", "composition/video/caption_R@1"} <= set(
+        metrics), sorted(k for k in metrics if k.startswith(("hierarchy", "composition")))
     _a_raw_frame_backbone_trains_on_the_same_shards(params, tmp_path)
 
 
