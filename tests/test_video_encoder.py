@@ -104,6 +104,11 @@ def test_raw_frames_are_sampled_per_segment_and_resized():
     assert frames.shape == (4, 3, 16, 16) and frames.dtype == torch.float32
     # the centres of 4 equal segments of 8 frames: 1, 3, 5, 7 (segment_indices), a flat frame stays flat when resized
     torch.testing.assert_close(frames[:, 0, 0, 0], torch.tensor([10.0, 30.0, 50.0, 70.0]) / 255)
+    # not square: the short side to 16, then the centre square (a frame whose columns count up keeps its middle ones)
+    columns = np.broadcast_to(np.arange(40, dtype=np.uint8)[None, None, :, None] * 6, (8, 10, 40, 3)).copy()
+    wide = VideoSampler(VideoConfig(num_frames=4, frame_side=10)).frames(columns)
+    assert wide.shape == (4, 3, 10, 10)
+    torch.testing.assert_close(wide[0, 0, 0], torch.arange(15, 25, dtype=torch.float32) * 6 / 255)
     with pytest.raises(ValueError, match=r"video: expected decoded frames \(frames, height, width, 3\)"):
         VideoSampler(VideoConfig()).frames(decoded[..., 0])
 

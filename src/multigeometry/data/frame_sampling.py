@@ -37,13 +37,17 @@ class VideoSampler:
         return torch.from_numpy(np.array(emb[self.indices(emb.shape[0])], dtype=np.float32))
 
     def frames(self, decoded: np.ndarray) -> torch.Tensor:
-        """A clip's decoded frames (N, H, W, 3) uint8 -> (num_frames, 3, frame_side, frame_side) float in [0, 1]."""
+        """A clip's decoded frames (N, H, W, 3) uint8 -> (num_frames, 3, frame_side, frame_side) float in [0, 1]: the
+        short side resized to `frame_side`, then the centre square (as torchvision's Kinetics models were trained)."""
         if decoded.ndim != 4 or decoded.shape[-1] != 3 or not len(decoded):
             raise ValueError(f"video: expected decoded frames (frames, height, width, 3), got shape {decoded.shape}")
         picked = torch.from_numpy(np.ascontiguousarray(decoded[self.indices(decoded.shape[0])]))
         x = picked.permute(0, 3, 1, 2).float() / 255.0
         side = self.cfg.frame_side
-        if x.shape[-2:] != (side, side):
-            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+        h, w = x.shape[-2:]
+        if min(h, w) != side:
+            size = (side, max(side, round(w * side / h))) if h <= w else (max(side, round(h * side / w)), side)
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
                                                 align_corners=False).clamp_(0.0, 1.0)
-        return x
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        return x[..., top : top + side, left : left + side].contiguous()
