@@ -52,7 +52,7 @@ class TemporalCollector:
         if checked is None or contrasts is None:
             return
         keep, entries, owner = checked
-        device = on_device.inputs[model.encoders["video"].input_key].device
+        device = on_device.group_ids.device
         clips = encoded_time_variants(model, on_device.inputs)
         for name, clip in zip(("forward", "backward", "shuffled"), clips, strict=False):
             self.parts[name].append(select_rows(clip, keep.to(device)))

@@ -156,16 +156,20 @@ class VideoEncoder(ModalityEncoder):
     def __init__(self, trunk: Trunk, cfg: VideoEncoderConfig, norm: FeatureNorm | None,
                  feature_dim: int | None) -> None:
         super().__init__(trunk, cfg, norm)
-        self.input_key = "video.emb" if self.reads_features else "video"  # the batch input it reads
         self.temporal = None
         if self.reads_features:
             assert feature_dim  # build_trunk refused input: emb without the shards' video.emb
             self.temporal = make_temporal(cfg.temporal, feature_dim, cfg.temporal_width, cfg.temporal_layers,
                                           cfg.temporal_heads, cfg.dropout, cfg.temporal_deltas)
 
+    @property
+    def input_key(self) -> str:
+        """The batch input it reads: the frame features, or the decoded frames of a raw-frame backbone."""
+        return "video.emb" if self.reads_features else "video"
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.temporal is None:
-            return self.adapter(self.trunk(*self.raw_inputs(batch)))
+        if self.temporal is None:  # input: raw, through the base class's backbone path
+            return super().forward(batch)
         frames = self._get(batch, "video.emb")
         if frames.dim() != 3:
             raise ValueError(f"{self.where}: batch['video.emb'] must be frame features (batch, frames, dim), got shape "
