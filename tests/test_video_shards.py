@@ -44,10 +44,12 @@ def tiny_vit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, tiny_vit):
     folder = tmp_path_factory.mktemp("clips")
+    sources = {}
     (folder / "clips").mkdir()
     records = []
     for i in range(4):
-        (folder / "clips" / f"c{i}.mp4").write_bytes(_clip(i))
+        sources[f"c{i}"] = _clip(i)
+        (folder / "clips" / f"c{i}.mp4").write_bytes(sources[f"c{i}"])
         records.append({"sample_id": f"c{i}", "text": f"clip number {i}", "video": f"clips/c{i}.mp4",
                         "split": "train" if i < 2 else "test"})
     (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -61,7 +63,7 @@ def sharded(tmp_path_factory, tiny_vit):
     })
     raw = prepare(params, root)
     validate(params, root)
-    return params, raw, shard(params, root)
+    return params, raw, shard(params, root), sources
 
 
 def _samples(out):
@@ -75,7 +77,7 @@ def _samples(out):
 
 
 def test_clips_are_stored_as_encoded_with_their_frame_features(sharded):
-    _params, _raw, out = sharded
+    _params, _raw, out, sources = sharded
     samples = _samples(out)
     assert len(samples) == 4
     index = json.loads((out / INDEX).read_text())
@@ -84,7 +86,7 @@ def test_clips_are_stored_as_encoded_with_their_frame_features(sharded):
     assert len(index["normalization"]["video.emb"]["mean"]) == 16
     for i in range(4):
         (members,) = [s for s in samples.values() if json.loads(s["meta.json"])["sample_id"] == f"c{i}"]
-        assert members["video.mp4"] == _clip(i)  # the clip as the source encoded it
+        assert members["video.mp4"] == sources[f"c{i}"]  # the clip's bytes as the source file holds them
         emb = np.load(io.BytesIO(members["video.emb.npy"]))
         assert emb.shape == (4, 16) and emb.dtype == np.float32
         assert not np.allclose(emb[0], emb[-1])  # the frames differ, so do their features
@@ -93,7 +95,7 @@ def test_clips_are_stored_as_encoded_with_their_frame_features(sharded):
 def test_the_round_trip_gives_back_the_clip_and_the_features_of_its_segment_frames(sharded, tiny_vit):
     from multigeometry.data.features import load_extractor
 
-    params, _raw, out = sharded
+    params, _raw, out, _sources = sharded
     extractor = load_extractor("video", params.features.video, params.audio)
     for members in _samples(out).values():
         decoded = decode_members(members, str(out))
@@ -113,7 +115,7 @@ def test_the_round_trip_gives_back_the_clip_and_the_features_of_its_segment_fram
 
 
 def test_the_same_inputs_give_the_same_shards(sharded, tmp_path):
-    params, _raw, out = sharded
+    params, _raw, out, _sources = sharded
     import shutil
 
     root = tmp_path / "again"
