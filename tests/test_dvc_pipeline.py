@@ -81,8 +81,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def _check_flow_matches(repo: Path, root: Path) -> None:
     """The Prefect flow on the same params, in another root: the same metrics.json as `dvc repro`, the same shards
-    byte for byte (Dask fan-out against the process pool), a re-run that runs no stage, and a training knob that
-    re-runs train, evaluate and register only."""
+    byte for byte (Dask fan-out against the process pool), and a re-run that runs no stage. (Which stage keys a
+    knob changes is test_flows.py's; a changed key's cascade through the outputs, dvc's below.)"""
     from pipelines.flows import STAGES, pipeline
 
     root.mkdir()
@@ -93,8 +93,6 @@ def _check_flow_matches(repo: Path, root: Path) -> None:
     assert _digests(root / "data/shards/world") == _digests(repo / "data/shards/world")
     again = pipeline(str(repo / "params.yaml"), [], str(root))
     assert again["ran"] == [] and again["cached"] == list(STAGES)
-    knob = pipeline(str(repo / "params.yaml"), ["train.lr=0.0005"], str(root))  # a training knob
-    assert knob["ran"] == ["train", "evaluate", "register"] and knob["cached"] == ["prepare", "validate", "shard"]
 
 
 @pytest.fixture()
@@ -156,6 +154,8 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
         assert re.search(rf"metrics/runs/default/{path}\s+{re.escape(key)}\s+[-\d.]+\s+[-\d.]+", diff), diff
     shown = _run(["dvc", "metrics", "show"], repo_copy)  # readable: the headline, not every metric
     assert "mean_R@1" in shown and "image_to_text/R@1" in shown and "image_to_text/R@5" not in shown, shown
+    assert "rows_passed" in shown, shown  # validation's counts beside them
+    assert json.loads((repo_copy / "metrics/data/world.json").read_text())["rows_passed"] == 10
     full = _run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", "--targets", "data/eval/default/metrics.json"],
                 repo_copy)  # every metric: a cached output, read from DVC's cache at each commit
     assert "image_to_text/R@5" in full and "text_to_audio/mAP@R" in full, full
@@ -183,16 +183,11 @@ def test_repro_reruns_exactly_what_changed(repo_copy: Path, tmp_path: Path, pref
     _set(repo_copy, "validate.max_bad_fraction", 0.5)
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["validate"]
 
-    _set(repo_copy, "shard.max_samples", 4)  # a shard knob: shard, and train on the new shards
+    # a shard knob: shard, and train on the new shards (a data knob's run of every stage is the first repro's)
+    _set(repo_copy, "shard.max_samples", 4)
     assert _ran(_run(["dvc", "repro"], repo_copy)) == ["shard", "train", "evaluate", "register"]
-
-    _set(repo_copy, "data.world.n_items", 11)  # a data knob: everything downstream
-    assert _ran(_run(["dvc", "repro"], repo_copy)) == ["prepare", "validate", "shard", "train", "evaluate", "register"]
     train_metrics = json.loads((repo_copy / "metrics/runs/default/train.json").read_text())
     assert train_metrics["step"] >= 1
-
-    metrics = _run(["dvc", "metrics", "show"], repo_copy)
-    assert "rows_passed" in metrics and "11" in metrics
 
 
 def test_an_edited_source_folder_reruns_prepare(repo_copy: Path, tmp_path: Path):

@@ -126,7 +126,8 @@ def test_scheduled_and_triggered_runs_on_a_real_server(prefect_server, tmp_path:
         run = client.create_flow_run_from_deployment(check.id)
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "multigeometry", "--type",
-                                   "process"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   "process"], cwd=tmp_path, env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+                                  stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
             state = _wait(lambda: client.read_flow_run(run.id).state, lambda s: s is not None and s.is_final())
