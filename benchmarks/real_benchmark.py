@@ -90,10 +90,11 @@ OPTIONS: dict[str, list[str]] = {
     "inclusion": ["loss.inclusion_weight=0.1"],
     "margins-aperture": ["loss.entailment_margins=[0.0, 0.05, 0.1]", "loss.aperture_weight=0.5"],
     "levels": ["loss.hierarchy_contrastive_weight=0.5"],
+    "temperature": ["loss.uncertainty_temperature=1.0"],
 }
 GEOMETRY_OPTIONS = {"point": ("base", "pcmepp", "levels"),
                     "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-pseudo-warm", "pcmepp-mixup", "vib-0",
-                                "vib-1e-3", "inclusion", "levels"),
+                                "vib-1e-3", "inclusion", "levels", "temperature"),
                     "cone": ("base", "pcmepp", "margins-aperture", "levels")}
 MODELS |= {f"{option}@{g}": [f"model.geometry={g}", *OPTIONS[option]]
            for g, options in GEOMETRY_OPTIONS.items() for option in options}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from dataclasses import replace
 
 import numpy as np
 import ot
@@ -10,7 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from multigeometry.config import LossConfig, ModelConfig
-from multigeometry.geometry import ConeParams, MixtureParams, containment, mixture_match_nll, mixture_mean
+from multigeometry.geometry import (
+    ConeParams,
+    MixtureParams,
+    containment,
+    csd_similarity,
+    mixture_match_nll,
+    mixture_mean,
+    mixture_total_variance,
+)
 from multigeometry.losses import Hierarchy, MainCriterion, SinkhornOTLoss, entailment_loss, info_nce
 
 F64 = torch.float64
@@ -174,6 +183,28 @@ def test_terms_are_weighted_into_the_total(gen: torch.Generator) -> None:
     out["loss"].backward()
     for t in (a.logits, a.mu, a.logvar, b.logits, b.mu, b.logvar, crit.log_logit_scale):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_uncertainty_temperature_divides_each_querys_row_by_its_variance(gen: torch.Generator) -> None:
+    a, b = random_mixture(gen, 6, 2, 4), random_mixture(gen, 6, 2, 4)
+    cfg = LossConfig(kl_weight=0.0, uncertainty_temperature=2.0)
+    crit = MainCriterion(cfg, ModelConfig(n_components=2)).double()
+    out = crit(a, b)["contrastive"]
+    sim, scale, target = csd_similarity(a, b), crit.logit_scale(), torch.arange(6)
+    rows_a = sim / (1 + 2.0 * mixture_total_variance(a))[:, None]
+    rows_b = sim.T / (1 + 2.0 * mixture_total_variance(b))[:, None]
+    expected = (F.cross_entropy(scale * rows_a, target) + F.cross_entropy(scale * rows_b, target)) / 2
+    torch.testing.assert_close(out, expected)
+    local = MainCriterion(replace(cfg, local_loss=True), ModelConfig(n_components=2)).double()
+    torch.testing.assert_close(local(a, b)["contrastive"], out)
+
+
+def test_uncertainty_temperature_needs_mixture_variances_under_infonce() -> None:
+    for model, loss in [(ModelConfig(geometry="cone"), LossConfig(uncertainty_temperature=1.0)),
+                        (ModelConfig(geometry="point", n_components=1), LossConfig(uncertainty_temperature=1.0)),
+                        (ModelConfig(), LossConfig(uncertainty_temperature=1.0, objective="sigmoid"))]:
+        with pytest.raises(ValueError, match="uncertainty_temperature"):
+            MainCriterion(loss, model)
 
 
 def test_local_loss_on_one_rank_equals_the_full_loss(gen: torch.Generator) -> None:

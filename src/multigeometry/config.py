@@ -470,6 +470,10 @@ class LossConfig:
     # mixtures: Gaussian NLL of the partner's mean under each side's spread, so the variance learns the match error;
     # under InfoNCE the CSD's variance alone acts as a per-item bias against hubs (BENCHMARKS.md, "The harder world")
     uncertainty_nll_weight: float = bounded(0.0, min=0.0)
+    # mixtures: each query's InfoNCE logits divided by 1 + this x its total variance (a per-query temperature, as
+    # "Temperature as Uncertainty"), so that a query's variance changes its own row's softmax and learns how well
+    # the query can be matched; retrieval ranks are unchanged (one positive factor a row)
+    uncertainty_temperature: float = bounded(0.0, min=0.0)
     sinkhorn_weight: float = bounded(0.0, min=0.0)  # Sinkhorn OT between the components of positive pairs
     sinkhorn_reg: float = bounded(0.1, min=1e-6)  # its entropic regularisation
     sinkhorn_max_iters: int = bounded(200, min=1)  # its solver's step cap (badly scaled costs need ~30-90)

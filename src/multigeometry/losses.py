@@ -34,6 +34,7 @@ from multigeometry.geometry.mixture import (
     mixture_kl_to_standard,
     mixture_match_nll,
     mixture_mean,
+    mixture_total_variance,
     mixture_weight_entropy,
     paired_w2_cost,
 )
@@ -509,6 +510,12 @@ class MainCriterion(nn.Module):
         )
         if self.similarity.family is not self.family:
             raise ValueError(f"a {self.similarity.kind} similarity for model.geometry {self.geometry!r}")
+        if loss_cfg.uncertainty_temperature > 0 and model_cfg.geometry != "mixture":
+            raise ValueError(f"loss.uncertainty_temperature reads a mixture's variance; model.geometry is "
+                             f"{model_cfg.geometry!r}")
+        if loss_cfg.uncertainty_temperature > 0 and loss_cfg.objective != "infonce":
+            raise ValueError("loss.uncertainty_temperature tempers InfoNCE rows; loss.objective is "
+                             f"{loss_cfg.objective!r}")
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
         if loss_cfg.objective == "sigmoid":
             self.logit_bias = nn.Parameter(torch.tensor(float(loss_cfg.init_logit_bias)))
@@ -610,10 +617,25 @@ class MainCriterion(nn.Module):
         if cfg.local_loss:
             n = a.batch_size
             positive = torch.arange(n, device=scale.device) + rank * n
-            loss_ab = info_nce(self.similarity(a, b_all), scale, positive, group_ids, groups_all, eps, False, chunk)
-            loss_ba = info_nce(self.similarity(b, a_all), scale, positive, group_ids, groups_all, eps, False, chunk)
+            sim_ab = self._tempered(self.similarity(a, b_all), a)
+            sim_ba = self._tempered(self.similarity(b, a_all), b)
+            loss_ab = info_nce(sim_ab, scale, positive, group_ids, groups_all, eps, False, chunk)
+            loss_ba = info_nce(sim_ba, scale, positive, group_ids, groups_all, eps, False, chunk)
             return (loss_ab + loss_ba) / 2
-        return info_nce(self.similarity(a_all, b_all), scale, None, groups_all, groups_all, eps, True, chunk)
+        sim = self.similarity(a_all, b_all)
+        if cfg.uncertainty_temperature > 0:  # each direction's rows tempered by their own query's variance
+            loss_ab = info_nce(self._tempered(sim, a_all), scale, None, groups_all, groups_all, eps, False, chunk)
+            loss_ba = info_nce(self._tempered(sim.T, b_all), scale, None, groups_all, groups_all, eps, False, chunk)
+            return (loss_ab + loss_ba) / 2
+        return info_nce(sim, scale, None, groups_all, groups_all, eps, True, chunk)
+
+    def _tempered(self, sim: Tensor, queries: Distribution) -> Tensor:
+        """The similarities of each query's row divided by 1 + loss.uncertainty_temperature x its total variance."""
+        beta = self.cfg.uncertainty_temperature
+        if beta == 0:
+            return sim
+        variance = mixture_total_variance(queries).to(sim.dtype)  # type: ignore[arg-type]
+        return sim / (1.0 + beta * variance)[:, None]
 
     def _check(self, a: Distribution, b: Distribution, group_ids: Tensor | None) -> None:
         if family_of(a) is not self.family or family_of(b) is not self.family:
