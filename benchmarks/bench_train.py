@@ -9,6 +9,8 @@ faster moment of a shared machine does not favour one of them.
 - `configured`: params.yaml's model and loss (default: a K-component mixture with the CSD similarity and the
   compositional layer with its loss term);
 - `unfused-adamw`: the configured model with torch's per-tensor AdamW instead of the fused kernel;
+- `recomputed-lse`: the configured model with the mixture similarity's backward pass recomputing its one chunk of
+  products instead of keeping the forward pass's softmax weights (`geometry.blockwise.KEEP_WEIGHTS` off);
 - `no-composer`: the same without the compositional layer (`model.composer.enabled: false`);
 - `point`: the same encoders, `model.geometry: point` through MainCriterion (InfoNCE over cosines, group-aware);
 - `clip`: the same encoders and point head, with OpenCLIP's plain ClipLoss in place of MainCriterion (normalised
@@ -41,6 +43,7 @@ from multigeometry.config import LossConfig, Params, load_params
 from multigeometry.data.batch import Batch
 from multigeometry.data.collate import load_tokenizer
 from multigeometry.data.datasets import IterableStylePairDataset, make_loader, read_index
+from multigeometry.geometry import blockwise
 from multigeometry.inference import needs_tokens
 from multigeometry.losses import MainCriterion
 from multigeometry.models.pair_model import PairModel
@@ -71,7 +74,7 @@ class PlainClipLoss(nn.Module):
 
 
 def variant_params(params: Params, name: str) -> Params:
-    if name in ("configured", "unfused-adamw"):
+    if name in ("configured", "unfused-adamw", "recomputed-lse"):
         return params
     if name == "no-composer":
         return replace(params, model=replace(params.model, composer=replace(params.model.composer, enabled=False)))
@@ -124,19 +127,22 @@ def bench_variants(params: Params, steps: int, rounds: int) -> tuple[dict[str, f
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     vocab = len(tokenizer) if tokenizer is not None else None
     batches = read_batches(params, steps)
-    names = ["configured", "unfused-adamw", "no-composer", "point", "clip"]
+    names = ["configured", "unfused-adamw", "recomputed-lse", "no-composer", "point", "clip"]
     built = {name: build(params, name, index, vocab) for name in names}
-    for module, optimizer in built.values():  # one warm-up step each
+    for name, (module, optimizer) in built.items():  # one warm-up step each
+        blockwise.KEEP_WEIGHTS = name != "recomputed-lse"
         step(module, optimizer, batches[0], params.train.grad_clip, None)
     seconds = dict.fromkeys(names, 0.0)
     samples = sum(len(b) for b in batches)
     for _ in range(rounds):
         for name in names:
+            blockwise.KEEP_WEIGHTS = name != "recomputed-lse"
             module, optimizer = built[name]
             started = time.perf_counter()
             for batch in batches:
                 step(module, optimizer, batch, params.train.grad_clip, None)
             seconds[name] += time.perf_counter() - started
+    blockwise.KEEP_WEIGHTS = True
     rates = {name: rounds * samples / seconds[name] for name in names}
     return rates, optimizer_step_ms({name: built[name] for name in ("configured", "unfused-adamw")})
 
@@ -217,6 +223,7 @@ def main() -> None:
         # the compositional layer's share of the configured step's time
         "composer_share": round(1 - rates["configured"] / rates["no-composer"], 3),
         "fused_over_unfused": round(rates["configured"] / rates["unfused-adamw"], 3),
+        "kept_over_recomputed_lse": round(rates["configured"] / rates["recomputed-lse"], 3),
         "adamw_step_ms": {"fused": adamw_ms["configured"], "unfused": adamw_ms["unfused-adamw"]},
     }
     if not args.no_ranks:

@@ -10,6 +10,7 @@ from torch.distributions import Categorical, MultivariateNormal, Normal
 from multigeometry.geometry import (
     MixtureParams,
     block_lse_matmul,
+    blockwise,
     bound_logvar,
     csd_similarity,
     gaussian_kl_to_standard,
@@ -114,11 +115,18 @@ def test_csd_gradcheck(gen: torch.Generator) -> None:
     assert torch.autograd.gradcheck(fn, (a.logits, a.mu, a.logvar, b.logits, b.mu, b.logvar))
 
 
-def test_block_lse_matmul_matches_materialised_logsumexp(gen: torch.Generator) -> None:
+# 1: a chunk a row, the backward pass recomputes each chunk; 1000: the whole product (810) in one chunk, whose softmax
+# weights the forward pass keeps (and, with KEEP_WEIGHTS off, recomputes); no plain-autograd path for small products
+@pytest.mark.parametrize(("chunk_elements", "keep"), [(1, True), (1000, True), (1000, False)])
+def test_block_lse_matmul_matches_materialised_logsumexp(gen: torch.Generator, monkeypatch, chunk_elements: int,
+                                                         keep: bool) -> None:
+    monkeypatch.setattr(blockwise, "KEEP_WEIGHTS", keep)
+    monkeypatch.setattr(blockwise, "SMALL_PRODUCT_ELEMENTS", 0)
     x = 10 * torch.randn(9, 3, 4, generator=gen, dtype=F64, requires_grad=True)
     y = 10 * torch.randn(6, 5, 4, generator=gen, dtype=F64, requires_grad=True)
     full = torch.einsum("ike,jle->ikjl", x, y).logsumexp(dim=(1, 3))
-    got = block_lse_matmul(x, y, chunk_elements=1)
+    got = block_lse_matmul(x, y, chunk_elements=chunk_elements)
+    assert (got.grad_fn.saved_tensors[3] is not None) == (keep and chunk_elements == 1000)  # the path taken
     torch.testing.assert_close(got, full)
     w = torch.randn(9, 6, generator=gen, dtype=F64)
     gx, gy = torch.autograd.grad((full * w).sum(), (x, y))

@@ -8,7 +8,9 @@ which is the reduction every mixture similarity of the form LSE_{k,l}(bias_ik + 
 once the biases are folded into two extra columns. The (B·K)×(B'·K') product is never held whole: each chunk of rows
 is multiplied, reduced and dropped, and the backward pass recomputes the chunk instead of storing the softmax weights.
 That costs one extra matrix product (four in all instead of three) but keeps memory at one chunk whatever the batch,
-and avoids writing and re-reading a (B·K)×(B'·K') matrix through main memory.
+and avoids writing and re-reading a (B·K)×(B'·K') matrix through main memory. Where the whole product is one chunk
+(a training batch), that chunk's exponentials are kept for the backward pass instead: the same memory, held between
+the two passes, and one product and one exp pass fewer (`KEEP_WEIGHTS`).
 
 Rows are laid out component-major (all k=0 rows, then k=1, ...) so that the reduction over (k, l) is an elementwise
 max/sum across K·K' contiguous (chunk, B') slabs, which vectorises well.
@@ -26,6 +28,8 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ROWS = 512
 # See _shifted_exp_.
 EXP_FLOOR = -80.0
+# Keep a one-chunk product's exponentials for the backward pass (False: recompute them, as for many chunks).
+KEEP_WEIGHTS = True
 
 
 def _chunk_rows(b: int, k: int, n_cols: int, chunk_elements: int) -> int:
@@ -35,13 +39,15 @@ def _chunk_rows(b: int, k: int, n_cols: int, chunk_elements: int) -> int:
     return max(1, min(b, rows // k))
 
 
-def _lse_chunk(xc: Tensor, yk: Tensor, k: int, k2: int, c: int, b2: int) -> Tensor:
-    """logsumexp over blocks of xc @ yk.T for one chunk; xc is (K·c, E) component-major, yk is (K'·B', E)."""
+def _lse_chunk(xc: Tensor, yk: Tensor, k: int, k2: int, c: int, b2: int) -> tuple[Tensor, Tensor, Tensor]:
+    """logsumexp over blocks of xc @ yk.T for one chunk; xc is (K·c, E) component-major, yk is (K'·B', E).
+    Returns (the chunk's logsumexp (c, B'), exp(prod − m) as (K, c, K', B'), the sums of the latter (c, B'))."""
     prod = (xc @ yk.T).view(k, c, k2, b2)
     # Reducing one dim at a time is several times faster than amax/sum over (0, 2) at once.
     m = prod.amax(dim=2).amax(dim=0)
     _shifted_exp_(prod, m)
-    return m + prod.sum(dim=2).sum(dim=0).log_()
+    total = prod.sum(dim=2).sum(dim=0)
+    return m + total.log(), prod, total
 
 
 def _shifted_exp_(prod: Tensor, shift: Tensor) -> Tensor:
@@ -62,18 +68,23 @@ class _BlockLSEMatmul(torch.autograd.Function):
         yk = y.transpose(0, 1).reshape(k2 * b2, e)  # (K'·B', E), component-major
         rows = _chunk_rows(b, k, k2 * b2, chunk_elements)
         out = x.new_empty(b, b2)
+        # one chunk within the budget: its weights are kept (they are no more than the memory a chunk takes anyway)
+        keep = KEEP_WEIGHTS and rows >= b and b * k * k2 * b2 <= chunk_elements and any(ctx.needs_input_grad[:2])
+        weights = None
         for i0 in range(0, b, rows):
             i1 = min(b, i0 + rows)
             xc = xk[:, i0:i1].reshape(k * (i1 - i0), e)
-            out[i0:i1] = _lse_chunk(xc, yk, k, k2, i1 - i0, b2)
-        ctx.save_for_backward(x, y, out)
+            out[i0:i1], exps, total = _lse_chunk(xc, yk, k, k2, i1 - i0, b2)
+            if keep:
+                weights = exps.div_(total[None, :, None, :])  # the softmax weights, d s_ij / d prod_{ik,jl}
+        ctx.save_for_backward(x, y, out, weights)
         ctx.chunk_elements = chunk_elements
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        x, y, s = ctx.saved_tensors
+        x, y, s, weights = ctx.saved_tensors
         b, k, e = x.shape
         b2, k2, _ = y.shape
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -88,8 +99,11 @@ class _BlockLSEMatmul(torch.autograd.Function):
             c = i1 - i0
             xc = xk[:, i0:i1].reshape(k * c, e)
             # d s_ij / d prod_{ik,jl} = softmax weight exp(prod - s_ij); times the incoming gradient of s_ij.
-            dprod = (xc @ yk.T).view(k, c, k2, b2)
-            _shifted_exp_(dprod, s[i0:i1]).mul_(grad[None, i0:i1, None, :])
+            if weights is not None:  # one chunk, its weights kept by the forward pass
+                dprod = weights * grad[None, :, None, :]
+            else:
+                dprod = (xc @ yk.T).view(k, c, k2, b2)
+                _shifted_exp_(dprod, s[i0:i1]).mul_(grad[None, i0:i1, None, :])
             dprod = dprod.view(k * c, k2 * b2)
             if dxk is not None:
                 dxk[:, i0:i1] = (dprod @ yk).view(k, c, e)
