@@ -1,5 +1,5 @@
 """The world with video through every stage: prepare, validate, shard (frame features by a tiny image model), train a
-video-text pair with the temporal transformer, evaluate video retrieval."""
+video-text pair with the temporal transformer, evaluate video retrieval, register the pyfunc that embeds clips."""
 
 from __future__ import annotations
 
@@ -65,7 +65,20 @@ def test_a_tiny_video_world_trains_and_evaluates(tmp_path):
     # the hierarchy ("a shape in motion" ⊃ ...) and the composition of parts reach the clips as any other items
     assert {"hierarchy/video/containment_AUC", "composition/video/R@1", "composition/video/caption_R@1"} <= set(
         metrics), sorted(k for k in metrics if k.startswith(("hierarchy", "composition")))
+    _the_registered_pyfunc_embeds_clips_as_the_checkpoint(params, tmp_path)
     _a_raw_frame_backbone_trains_on_the_same_shards(params, tmp_path)
+
+
+def _the_registered_pyfunc_embeds_clips_as_the_checkpoint(params, root: Path) -> None:
+    """Registered, the model behind models:/<name>@champion, loaded by MLflow, embeds the test clips from their files
+    (decoded, frames sampled and embedded by the frame model inside the pyfunc) as the checkpoint embeds the shards."""
+    from multigeometry.stages.register import register
+    from tests.test_registry import assert_pyfunc_matches_checkpoint
+
+    outcome = json.loads(register(params, root).read_text())
+    assert outcome["registered"] is True, outcome["gate"]["reason"]
+    uri = f"models:/{params.registry.model_name}@{params.registry.alias}"
+    assert assert_pyfunc_matches_checkpoint(uri, params, root, params.train.tracking_uri) > 0
 
 
 def _a_raw_frame_backbone_trains_on_the_same_shards(params, root: Path) -> None:
