@@ -342,7 +342,8 @@ def test_entailment_counts_each_violation() -> None:
 
 
 def test_cone_criterion_with_hierarchy(gen: torch.Generator) -> None:
-    crit = MainCriterion(LossConfig(entailment_weight=0.2), ModelConfig(geometry="cone")).double()
+    cfg = LossConfig(entailment_weight=0.2, entailment_margins=(0.0,), aperture_weight=0.0)  # entailment alone
+    crit = MainCriterion(cfg, ModelConfig(geometry="cone")).double()
     a, b = random_cones(gen, 4, 5), random_cones(gen, 4, 5)
     general = random_cones(gen, 6, 5)
     hierarchy = Hierarchy(

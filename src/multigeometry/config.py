@@ -493,9 +493,10 @@ class LossConfig:
     inclusion_weight: float = bounded(0.0, min=0.0)
     inclusion_scale: float = bounded(1.0, min=1e-6)  # slope of the inclusion test inside its log-sigmoid
     # cones: margins of the entailment, per step up the hierarchy (caption over item, first general level over the
-    # caption, then each level over the next; the last margin repeats)
-    entailment_margins: tuple[float, ...] = _list([0.0])
-    aperture_weight: float = bounded(0.0, min=0.0)  # cones: a more general cone is wider, by aperture_gap
+    # caption, then each level over the next; the last margin repeats). With the aperture order below, the best cone
+    # option on the real sets and world-hard (BENCHMARKS.md, "Cone options toward containment AUC")
+    entailment_margins: tuple[float, ...] = _list([0.0, 0.05, 0.1])
+    aperture_weight: float = bounded(0.5, min=0.0)  # cones: a more general cone is wider, by aperture_gap
     aperture_gap: float = bounded(0.05, min=0.0)  # radians between a level's aperture and the next's
     # every geometry: InfoNCE of the items against each hierarchy level's descriptions, so middle levels are learned
     hierarchy_contrastive_weight: float = bounded(0.0, min=0.0)
