@@ -75,6 +75,23 @@ def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
         PairModel(dataclasses.replace(cfg, trunk="mlp"), ["code", "text"], feature_dims={"code": 4, "text": 4})
 
 
+def test_an_isotropic_variance_is_one_log_variance_a_component():
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear", variance="isotropic",
+                      text=EncoderConfig())
+    model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 4})
+    assert model.heads["image"].rest.out_features == 2 * (1 + 1)  # K logits and K log-variances
+    dist = model.encode({"image.emb": torch.randn(3, 6)}, "image")
+    assert dist.logvar.shape == (3, 2, 4)
+    torch.testing.assert_close(dist.logvar, dist.logvar[..., :1].expand(-1, -1, 4))
+    assert not torch.equal(dist.logvar[:, 0], dist.logvar[:, 1])  # each component its own
+    assert cfg.logvar_min <= float(dist.logvar.min()) and float(dist.logvar.max()) <= cfg.logvar_max
+    dist.logvar.sum().backward()
+    assert model.heads["image"].rest.weight.grad.abs().sum() > 0
+    diagonal = PairModel(dataclasses.replace(cfg, variance="diagonal"), ["image", "text"],
+                         feature_dims={"image": 6, "text": 4})
+    assert diagonal.heads["image"].rest.out_features == 2 * (1 + 4)
+
+
 def test_feature_noise_perturbs_training_inputs_only():
     cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear",
                       image=EncoderConfig(feature_noise=0.5), text=EncoderConfig())

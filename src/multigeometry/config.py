@@ -439,6 +439,9 @@ class ModelConfig:
     code: EncoderConfig = field(default_factory=lambda: EncoderConfig(init="identity"))
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)  # the video encoder
     n_components: int = bounded(2, min=1, max=64)  # mixture components K
+    # a mixture component's variance: diagonal (one per dimension, PCME++'s) or isotropic (one per component, a head
+    # of K outputs instead of K x embed_dim)
+    variance: Literal["diagonal", "isotropic"] = "diagonal"
     logvar_min: float = -12.0  # smallest per-dimension log-variance of a mixture component
     # largest; the CSD sums variances over embed_dim, which must stay small beside squared distances (<= 4): at 384
     # dims e^-5 sums to 2.6 a component, e^-3 to 19 (BENCHMARKS.md, "Real data": mixture parity)

@@ -40,19 +40,22 @@ class MeanMap(nn.Module):
 
 class MixtureEmbedding(nn.Module):
     """K diagonal Gaussians: weight logits (B,K), means (B,K,D) on the unit sphere, log-variances (B,K,D) bounded by
-    the config. Unit means keep ‖μ − μ'‖² in [0, 4] as CLIP's cosine is in [−1, 1], so the learnable logit scale
-    starts where it does for CLIP; unbounded means made CSD logits saturate from the first step."""
+    the config (`model.variance: isotropic`: one log-variance a component, the same in every dimension). Unit means
+    keep ‖μ − μ'‖² in [0, 4] as CLIP's cosine is in [−1, 1], so the learnable logit scale starts where it does for
+    CLIP; unbounded means made CSD logits saturate from the first step."""
 
     def __init__(self, in_dim: int, cfg: ModelConfig, init: str = "random", lock: bool = False) -> None:
         super().__init__()
         self.k, self.d = cfg.n_components, cfg.embed_dim
+        self.variance_dims = self.d if cfg.variance == "diagonal" else 1
         self.bounds = (cfg.logvar_min, cfg.logvar_max)
         self.mean = MeanMap(in_dim, self.k, self.d, init, lock)
-        self.rest = nn.Linear(in_dim, self.k * (1 + self.d))
+        self.rest = nn.Linear(in_dim, self.k * (1 + self.variance_dims))
 
     def forward(self, x: Tensor) -> MixtureParams:
         out = self.rest(x)
-        logits, raw_logvar = out[:, : self.k], out[:, self.k :].reshape(x.shape[0], self.k, self.d)
+        logits = out[:, : self.k]
+        raw_logvar = out[:, self.k :].reshape(x.shape[0], self.k, self.variance_dims).expand(-1, -1, self.d)
         return mixture_from_raw(logits, F.normalize(self.mean(x), dim=-1), raw_logvar, *self.bounds)
 
 
