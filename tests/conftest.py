@@ -22,12 +22,33 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 MLP_RECIPE = {"trunk": "mlp", "text": {"lock": False}, "code": {"init": "random"}}
 
 
+# the world without clips (presets/overlays/world-still.yaml): the default world's video (clips, frame features, two
+# more pairs) is for the tests about video; the others leave it out and keep the suite's time
+STILL_WORLD = {
+    "data": {"world": {"video": False}},
+    "validate": {"modalities": ["image", "text", "audio", "code"]},
+    "features": {"video": {"model": ""}},
+    "pairs": {"pairs": [{"a": "image", "b": "text"}, {"a": "audio", "b": "text"}, {"a": "code", "b": "text"}]},
+}
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`base` with `over` on top, nested dicts merged key by key (lists and values replaced)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def still(raw: dict) -> dict:
+    """Raw params of the still world: `raw` over STILL_WORLD."""
+    return merged(STILL_WORLD, raw)
+
+
 def tiny_params(**sections: dict) -> Params:
-    """Params for a world small enough for a unit test; sections override the defaults by key."""
-    raw: dict = {"data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}}}
-    for key, value in sections.items():
-        raw.setdefault(key, {}).update(value)
-    return params_from_dict(raw)
+    """Params for a still world small enough for a unit test; sections are merged over it key by key."""
+    return params_from_dict(still(merged({"data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}}},
+                                         sections)))
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +69,7 @@ def tiny_trained_raw(root: Path, geometry: str = "mixture", run_name: str = "tin
     features = {"image": {"model": "efficientnet-lite0"}, "text": {"model": "all-minilm-l6-v2"},
                 "audio": {"model": "whisper-tiny.en"}}
     encoder = {"input": "emb", "hidden_dim": 64, "layers": 1}
-    return {
+    return still({
         "seed": 0,
         "data": {"world": {"n_items": 48, "workers": 1, "image_size": 64},
                  "splits": {"train": 0.5, "val": 0.25, "test": 0.25}},
@@ -64,7 +85,7 @@ def tiny_trained_raw(root: Path, geometry: str = "mixture", run_name: str = "tin
                   "val_every": 8, "checkpoint_every": 8, "log_every": 4, "select": "last", "patience": 0,
                   "tracking_uri": f"sqlite:///{Path(root).resolve() / 'mlflow.db'}", **train},
         "eval": {"device": "cpu", "batch_size": 8, "block_size": 5, "grid_queries": 2, "curve_max_k": 10},
-    }
+    })
 
 
 @pytest.fixture(scope="session")

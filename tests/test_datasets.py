@@ -12,13 +12,14 @@ from multigeometry.data.shard_index import ShardIntegrityError
 from multigeometry.data.transforms import image_transform
 from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
+from tests.conftest import still
 
 NO_FEATURES = {m: {"model": ""} for m in ("image", "text", "audio", "code")}
 RAW_INPUTS = {m: {"input": "raw"} for m in ("image", "text", "audio", "code")}
 
 
 def loader_params(model=RAW_INPUTS, **loader):
-    return params_from_dict(
+    return params_from_dict(still(
         {
             "data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}},
             "features": NO_FEATURES,
@@ -26,7 +27,7 @@ def loader_params(model=RAW_INPUTS, **loader):
             "shard": {"max_samples": 2, "workers": 1},
             "loader": {"batch_size": 2, "workers": 2, "shuffle_buffer": 4, "tokenizer": "", **loader},
         }
-    )
+    ))
 
 
 @pytest.fixture(scope="module")

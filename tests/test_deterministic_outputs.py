@@ -17,7 +17,7 @@ from multigeometry.stages.prepare import prepare
 from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
 from tests.conftest import REPO, tiny_params
-from tests.test_dvc_pipeline import _git_commit, _ran, _run, _set
+from tests.test_dvc_pipeline import STILL_KEYS, _git_commit, _ran, _run, _set
 
 STAGES = {"prepare": prepare, "validate": validate, "shard": shard}
 NO_FEATURES = {m: {"model": ""} for m in ("image", "text", "audio", "code")}
@@ -64,7 +64,7 @@ def test_a_fresh_clone_reproduces_the_committed_lock(tmp_path):
         shutil.copy2(REPO / ".dvc" / name, repo / ".dvc" / name)
     for key, value in {"data.world.n_items": 10, "data.world.image_size": 48, "data.world.workers": 1,
                        "validate.image_min_side": 16, "validate.data_docs": True, "shard.workers": 1,
-                       **{f"features.{m}.model": "" for m in NO_FEATURES}}.items():
+                       **{f"features.{m}.model": "" for m in NO_FEATURES}, **STILL_KEYS}.items():
         _set(repo, key, value)
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "repro", "shard"], repo)

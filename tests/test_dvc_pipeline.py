@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+# the still world's keys (tests/conftest.py's STILL_WORLD) that params.yaml sets otherwise
+STILL_KEYS = {"data.world.video": False, "validate.modalities": ["image", "text", "audio", "code"],
+              "features.video.model": ""}
+
+
 def _git_commit(repo: Path, message: str) -> None:
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
@@ -113,6 +118,8 @@ def repo_copy(tmp_path: Path) -> Path:
     _set(repo, "shard.workers", 1)
     _set(repo, "features.code.model", "")  # real pretrained features for image, text and audio
     _set(repo, "pairs.pairs", [{"a": "image", "b": "text", "weight": 1.0}, {"a": "audio", "b": "text", "weight": 1.0}])
+    for key, value in STILL_KEYS.items():  # video's clips and pairs: tests/test_video_pipeline.py
+        _set(repo, key, value)
     _set(repo, "loader.batch_size", 4)
     _set(repo, "loader.workers", 0)
     _set(repo, "train.epochs", 1)

@@ -23,18 +23,19 @@ from multigeometry.data.shards import sample_key, write_tar
 from multigeometry.paths import shards_dir, validated_dir
 from multigeometry.stages.shard import INDEX, shard
 from multigeometry.stages.validate import validate
+from tests.conftest import still
 
 NO_FEATURES = {m: {"model": ""} for m in ("image", "text", "audio", "code")}
 
 
 def shard_params(**shard_cfg):
-    return params_from_dict(
+    return params_from_dict(still(
         {
             "data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}},
             "features": NO_FEATURES,
             "shard": {"max_samples": 2, "workers": 2, **shard_cfg},
         }
-    )
+    ))
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -189,13 +190,13 @@ def test_pretrained_features_are_stored_and_reproducible(validated_world):
     }
 
     def run(workers):
-        params = params_from_dict(
+        params = params_from_dict(still(
             {
                 "data": {"world": {"n_items": 12, "workers": 1, "image_size": 64}},
                 "features": features,
                 "shard": {"max_samples": 6, "workers": workers},
             }
-        )
+        ))
         return params, shard(params, validated_world)
 
     params, out = run(2)

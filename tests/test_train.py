@@ -20,7 +20,7 @@ from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
 from multigeometry.training.checkpoint import list_checkpoints, load_checkpoint
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
-from tests.conftest import MLP_RECIPE
+from tests.conftest import MLP_RECIPE, still
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ FEATURES = {
 
 
 def train_raw(tmp_root: Path, **train) -> dict:
-    return {
+    return still({
         "seed": 0,
         "data": {"world": {"n_items": 160, "workers": 2, "image_size": 64}},
         "features": FEATURES,
@@ -58,7 +58,7 @@ def train_raw(tmp_root: Path, **train) -> dict:
             "tracking_uri": f"sqlite:///{tmp_root / 'mlflow.db'}",
             **train,
         },
-    }
+    })
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from multigeometry.stages.prepare import prepare
 from multigeometry.stages.shard import shard
 from multigeometry.stages.validate import validate
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, seed_everything, train_model
+from tests.conftest import still
 from tests.tiny_models import save_tiny_bert, tiny_vision_kwargs, tiny_whisper_config
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_raw_inputs_through_backbones_train_a_few_steps(tmp_path: Path, backbone
         "train": {"epochs": 1, "max_steps": 3, "lr": 1e-2, "warmup_steps": 0, "val_every": 3, "checkpoint_every": 3,
                   "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
-    params = params_from_dict(raw)
+    params = params_from_dict(still(raw))
     prepare(params, tmp_path)
     validate(params, tmp_path)
     shard(params, tmp_path)

@@ -12,6 +12,7 @@ import torch
 
 from multigeometry.config import params_from_dict
 from multigeometry.evaluation.uncertainty import ambiguity_metrics, auroc, decile_recall, severities
+from tests.conftest import still
 
 
 def test_auroc_is_the_share_of_correctly_ordered_pairs():
@@ -68,7 +69,7 @@ def ambiguous_world(tmp_path_factory):
                   "tracking_uri": f"sqlite:///{(root / 'mlflow.db').resolve()}"},
         "eval": {"device": "cpu", "grid_queries": 0},
     }
-    params = params_from_dict(raw)
+    params = params_from_dict(still(raw))
     for stage in (prepare, validate, shard, train):
         stage(params, root)
     return params, root

@@ -25,7 +25,7 @@ def _digest(folder):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("w")
-    rows = world_rows(root, WorldConfig(n_items=24, workers=2, image_size=64), seed=3)
+    rows = world_rows(root, WorldConfig(video=False, n_items=24, workers=2, image_size=64), seed=3)
     return root, rows
 
 
@@ -94,12 +94,12 @@ def test_deterministic_from_seed(tmp_path, world):
     root, rows = world
     again = tmp_path / "again"
     again.mkdir()
-    rows_again = world_rows(again, WorldConfig(n_items=24, workers=1, image_size=64), seed=3)
+    rows_again = world_rows(again, WorldConfig(video=False, n_items=24, workers=1, image_size=64), seed=3)
     assert _digest(root) == _digest(again)
     assert [r.__dict__ for r in rows] == [r.__dict__ for r in rows_again]
     other = tmp_path / "other"
     other.mkdir()
-    world_rows(other, WorldConfig(n_items=4, workers=1, image_size=64, audio=False), seed=4)
+    world_rows(other, WorldConfig(video=False, n_items=4, workers=1, image_size=64, audio=False), seed=4)
     assert _digest(other)["image/w000000.png"] != _digest(root)["image/w000000.png"]
 
 
@@ -138,7 +138,7 @@ def test_a_harder_world_has_textures_clutter_and_near_duplicates(tmp_path, world
     from multigeometry.data.world.render import place, render
     from multigeometry.data.world.scene import TEXTURES, near_duplicate, sample_scene
 
-    cfg = WorldConfig(n_items=30, workers=1, image_size=64, audio=False, textures=True, clutter=8,
+    cfg = WorldConfig(video=False, n_items=30, workers=1, image_size=64, audio=False, textures=True, clutter=8,
                       near_duplicates=0.5)
     rows = world_rows(tmp_path, cfg, seed=3)
     assert all(any(t in r.text for t in TEXTURES) for r in rows)
@@ -181,7 +181,7 @@ def test_injected_ambiguity_is_recorded_per_sample_and_modality(tmp_path, world)
     from multigeometry.config import AmbiguityConfig
     from multigeometry.data.manifest import ambiguity_problem
 
-    cfg = WorldConfig(n_items=16, workers=1, image_size=64, ambiguity=AmbiguityConfig(clean_fraction=0.25))
+    cfg = WorldConfig(video=False, n_items=16, workers=1, image_size=64, ambiguity=AmbiguityConfig(clean_fraction=0.25))
     rows = world_rows(tmp_path, cfg, seed=3)
     clean_root, clean_rows = world
     records = [json.loads(r.ambiguity) for r in rows]

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from multigeometry.config import ParamsError, WorldConfig
+from multigeometry.config import ParamsError, WorldConfig, load_params, params_from_dict
 from multigeometry.data.sources.world import world_rows
 from multigeometry.data.video import probe, read_frames
 from multigeometry.data.world.scene import LEVELS, MOTION_PHRASES, OPPOSITE_MOTION
@@ -25,6 +25,19 @@ def _digests(folder):
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("wv")
     return root, world_rows(root, WorldConfig(**TINY), seed=3)
+
+
+def test_the_default_world_has_clips_their_features_and_their_pairs():
+    """`dvc repro` on the defaults trains and evaluates video: params.yaml has the clips, validates them, embeds their
+    frames and pairs them with the captions and the speech; the still preset leaves all of that out."""
+    from tests.conftest import REPO
+
+    for params in (params_from_dict({}), load_params(REPO / "params.yaml")):
+        assert params.data.world.video and "video" in params.validate.modalities and params.features.video.model
+        assert {("video", "text"), ("video", "audio")} <= {(p.a, p.b) for p in params.pairs.pairs}
+    still = load_params(REPO / "presets/world-still.yaml")
+    assert not still.data.world.video and "video" not in still.validate.modalities
+    assert "video" not in {m for p in still.pairs.pairs for m in (p.a, p.b)}
 
 
 def test_the_same_seed_gives_byte_identical_clips(tmp_path, clips):

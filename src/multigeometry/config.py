@@ -116,8 +116,8 @@ class WorldConfig:
     near_duplicates: float = bounded(0.0, min=0.0, max=1.0)  # share of items: the previous scene, one thing changed
     ambiguity: AmbiguityConfig = field(default_factory=AmbiguityConfig)  # corrupted samples, with ground truth
     # a clip per item, its objects moving (left, right, up, down, grow, shrink, spin, still); the motion joins the
-    # captions at every level, the concepts and the speech. false: the world without motion, as before
-    video: bool = False
+    # captions at every level, the concepts and the speech. false: the world without motion (and without video)
+    video: bool = True
     video_frames: int = bounded(8, min=2, max=256)  # frames per clip
     video_fps: int = bounded(4, min=1, max=60)  # frames per second of the clips
     video_size: int = bounded(64, min=16, max=1024)  # pixels per side of the clips (even: H.264 needs it)
@@ -189,7 +189,8 @@ class DataConfig:
 class ValidateConfig:
     # the stage fails when more rows than this are quarantined
     max_bad_fraction: float = bounded(0.05, min=0.0, max=1.0)
-    modalities: tuple[Modality, ...] = _list(["image", "text", "audio", "code"])  # modalities every row must carry
+    # modalities every row must carry
+    modalities: tuple[Modality, ...] = _list(["image", "text", "audio", "code", "video"])
     text_min_chars: int = bounded(1, min=1)  # captions shorter than this are quarantined
     text_max_chars: int = bounded(2000, min=1)  # and longer than this
     image_min_side: int = bounded(32, min=1)  # images smaller than this (px) are quarantined
@@ -266,7 +267,8 @@ class FeaturesConfig:
         default_factory=lambda: FeatureModelConfig(model="all-minilm-l6-v2", batch_size=64, max_tokens=256))
     # video features: an image model (efficientnet-lite0 with image_size 112 suits small clips) on each of the
     # video.feature_frames frames of a clip (T x D); "" = clips are stored in the shards without features
-    video: FeatureModelConfig = field(default_factory=lambda: FeatureModelConfig(model="", batch_size=64))
+    video: FeatureModelConfig = field(
+        default_factory=lambda: FeatureModelConfig(model="efficientnet-lite0", batch_size=64, image_size=112))
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,8 @@ class DatasetPairConfig:
             PairSpec("image", "text"),
             PairSpec("audio", "text"),
             PairSpec("code", "text"),
+            PairSpec("video", "text"),
+            PairSpec("video", "audio"),
         )
     )
 
