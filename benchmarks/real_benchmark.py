@@ -61,6 +61,9 @@ MODELS: dict[str, list[str]] = {
     "cone": ["model.geometry=cone"],
     **{f"{g}-old": [f"model.geometry={g}", *OLD] for g in ("point", "mixture", "cone")},
     **{f"{g}-anchored": [f"model.geometry={g}", *ANCHORED] for g in ("point", "mixture", "cone")},
+    # kernel ridge onto the locked text space as the start (model.trunk: kernel), on standardised features
+    **{f"kernel-{g}": [f"model.geometry={g}", "model.trunk=kernel", "model.feature_norm=standardize"]
+       for g in ("point", "mixture", "cone")},
 }
 # each suspect of the gap to the probe, one change from the old point recipe (BENCHMARKS.md, "Real data")
 SUSPECTS: dict[str, list[str]] = {

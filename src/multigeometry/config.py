@@ -415,6 +415,18 @@ class VideoEncoderConfig(EncoderConfig):
 
 
 @dataclass(frozen=True)
+class KernelConfig:
+    """`model.trunk: kernel`, for few pairs: a modality's features (centred on the train split's mean, unit length)
+    become their RBF similarities to anchors, the train split's own features, and its head's mean map over them starts
+    at the kernel ridge regression onto its partner's locked space, solved in closed form; that start is validated
+    as a candidate before the first step (BENCHMARKS.md, "Real data": kernel ridge on tuxpaint-images)."""
+
+    anchors: int = bounded(4096, min=1)  # at most this many train samples are anchors (a seeded random subset)
+    gamma: float = bounded(1.0, min=1e-6)  # the RBF's width: exp(-gamma * |x - anchor|^2) between unit vectors
+    ridge: float = bounded(0.01, min=0.0)  # the closed-form solution's ridge (on the kernel's scale, 1 on its diagonal)
+
+
+@dataclass(frozen=True)
 class ComposerConfig:
     """The compositional layer: a permutation-invariant network that maps the distributions of a compound's parts
     ("red", "a circle") to the compound's distribution ("a red circle"), in the model's geometry."""
@@ -432,8 +444,11 @@ class ModelConfig:
     # a distribution per sample: mixture of Gaussians, cone, or a point (CLIP)
     geometry: Literal["mixture", "cone", "point"] = "mixture"
     embed_dim: int = bounded(384, min=2)  # dimension of the embedding space (a locked modality's feature dim)
-    # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features
-    trunk: Literal["mlp", "linear"] = "linear"
+    # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features;
+    # "kernel" = the head on the features' RBF similarities to the train split's (model.kernel) for the modalities
+    # whose mean map starts random, the others as with linear
+    trunk: Literal["mlp", "linear", "kernel"] = "linear"
+    kernel: KernelConfig = field(default_factory=KernelConfig)  # model.trunk: kernel
     feature_norm: Literal["none", "standardize", "l2"] = "none"  # of the shards' features, before the trunk
     image: EncoderConfig = field(default_factory=EncoderConfig)  # the image encoder
     # the text encoder: locked, the text model's own space (BENCHMARKS.md, "Real data": what won on real pairs)

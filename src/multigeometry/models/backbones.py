@@ -114,6 +114,42 @@ class FeatureInput(Trunk):
         return self.dropout(features)
 
 
+class KernelFeatures(Trunk):
+    """`model.trunk: kernel`: a feature vector's RBF similarities to `n_anchors` anchors, exp(-gamma |z - a|^2) with z
+    the vector less the train split's mean, at unit length, and the anchors train vectors made the same way. Center and
+    anchors are buffers, set by `fit` before training and saved with the model; the head over them is then kernel
+    regression (`training.kernel_fit` solves it in closed form)."""
+
+    def __init__(self, in_dim: int, n_anchors: int, gamma: float) -> None:
+        super().__init__()
+        self.width, self.gamma = n_anchors, gamma
+        self.register_buffer("center", torch.zeros(in_dim))
+        self.register_buffer("anchors", torch.zeros(n_anchors, in_dim))
+
+    def _unit(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(features - self.center, dim=-1)
+
+    def fit(self, features: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Center on `features`' mean; anchors: `n_anchors` of its rows (all of them, in order, when that is all)."""
+        if len(features) < self.width:
+            raise ValueError(f"model.kernel: {self.width} anchors asked of {len(features)} train samples")
+        rows = (torch.arange(self.width) if len(features) == self.width
+                else torch.randperm(len(features), generator=generator)[: self.width].sort().values)
+        with torch.no_grad():
+            self.center.copy_(features.mean(dim=0))
+            self.anchors.copy_(self._unit(features[rows.to(features.device)]))
+
+    def _rbf(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.gamma * (2 - 2 * z @ self.anchors.to(z.dtype).T).clamp_min(0))
+
+    def anchor_gram(self) -> torch.Tensor:
+        """The anchors' kernel among themselves (n_anchors × n_anchors)."""
+        return self._rbf(self.anchors)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self._rbf(self._unit(features))
+
+
 class FeatureNorm(nn.Module):
     """A fixed normalisation of pretrained features (`model.feature_norm`): `standardize` with the shards' train-split
     mean and std (index.json), `l2` to unit length, or `none`. Buffers, so a saved model carries its statistics."""

@@ -5,7 +5,8 @@ Every encoder is a `Trunk` (see `multigeometry.models.backbones`) followed by a 
 
 - ``input: emb``: a `FeatureMLP` over the shards' pretrained features ``<modality>.emb`` (normalised as
   ``model.feature_norm`` says), or with ``model.trunk: linear`` the features themselves: the encoder adds nothing and
-  the head is one linear map from the frozen features (a linear probe);
+  the head is one linear map from the frozen features (a linear probe); or with ``model.trunk: kernel`` their RBF
+  similarities to the train split's (`KernelFeatures`), for the modalities whose mean map starts random;
 - ``input: raw``, ``backbone: ""``: the modality's small from-scratch network;
 - ``input: raw``, ``backbone: <name>``: a pretrained backbone, frozen (``freeze``) but for its last
   ``unfreeze_last_n`` layers; a frozen backbone stays in eval mode (no dropout, fixed BatchNorm statistics) while the
@@ -20,11 +21,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from multigeometry.config import MODALITIES, EncoderConfig, ParamsError, VideoEncoderConfig
+from multigeometry.config import MODALITIES, EncoderConfig, KernelConfig, ParamsError, VideoEncoderConfig
 from multigeometry.models.backbones import (
     FeatureInput,
     FeatureMLP,
     FeatureNorm,
+    KernelFeatures,
     ScratchAudioConv,
     ScratchCNN,
     ScratchTokenTransformer,
@@ -43,7 +45,7 @@ class ModalityEncoder(nn.Module, abc.ABC):
         super().__init__()
         self.trunk = trunk
         self.norm = norm if norm is not None else nn.Identity()
-        if isinstance(trunk, FeatureInput):  # model.trunk: linear
+        if isinstance(trunk, FeatureInput | KernelFeatures):  # model.trunk: linear or kernel
             self.adapter: nn.Module = nn.Identity()
             self.out_dim = trunk.width
         else:
@@ -208,6 +210,8 @@ def build_trunk(
     vocab_size: int | None = None,
     n_mels: int = 80,
     audio_normalization: dict | None = None,
+    kernel: KernelConfig | None = None,
+    anchors: int = 0,
 ) -> Trunk:
     """The trunk that ``model.<modality>`` asks for, or a `ParamsError` naming the key that does not fit."""
     where = f"model.{modality}"
@@ -222,13 +226,16 @@ def build_trunk(
                 f"{where}.input: emb needs pretrained {modality} features, but the shards have no '{modality}.emb': "
                 f"set features.{modality}.model (and re-run the shard stage), or use {where}.input: raw"
             )
-        if trunk == "linear":
+        if trunk == "kernel" and cfg.init == "random" and not cfg.lock:
+            assert kernel is not None and anchors  # PairModel gives both under model.trunk: kernel
+            return KernelFeatures(feature_dim, anchors, kernel.gamma)
+        if trunk in ("linear", "kernel"):
             return FeatureInput(feature_dim, cfg.dropout, cfg.feature_noise)
         return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
-    if trunk == "linear":
+    if trunk in ("linear", "kernel"):
         raise ParamsError(
-            f"model.trunk: linear maps the shards' pretrained features straight to the embedding, but {where}.input is "
-            f"raw; use {where}.input: emb, or model.trunk: mlp"
+            f"model.trunk: {trunk} maps the shards' pretrained features straight to the embedding, but {where}.input "
+            f"is raw; use {where}.input: emb, or model.trunk: mlp"
         )
     if not cfg.backbone:
         return _scratch_trunk(modality, cfg, vocab_size, n_mels)
@@ -253,12 +260,15 @@ def build_encoder(
     vocab_size: int | None = None,
     n_mels: int = 80,
     audio_normalization: dict | None = None,
+    kernel: KernelConfig | None = None,
+    anchors: int = 0,
 ) -> ModalityEncoder:
     """The encoder for ``modality`` as ``cfg`` (``model.<modality>``) says.
 
     ``feature_dim``: the shards' ``<modality>.emb`` dimension (``index["features"][...]["dim"]``), needed for
     ``input: emb``; ``vocab_size``: the tokenizer's, needed for text and code from scratch; ``n_mels`` and
     ``audio_normalization`` (``index["normalization"]["audio.feat"]``): the shards' log-mels, for raw audio;
+    ``kernel`` and ``anchors``: ``model.kernel`` and how many anchors (``model.trunk: kernel``);
     ``trunk`` and ``feature_norm``: ``model.trunk`` and ``model.feature_norm``, with ``feature_stats``
     (``index["normalization"]["<modality>.emb"]``) for ``standardize``.
     """
@@ -272,6 +282,8 @@ def build_encoder(
         vocab_size=vocab_size,
         n_mels=n_mels,
         audio_normalization=audio_normalization,
+        kernel=kernel,
+        anchors=anchors,
     )
     norm = FeatureNorm(feature_norm, feature_dim, feature_stats) if cfg.input == "emb" and feature_dim else None
     if modality == "video":

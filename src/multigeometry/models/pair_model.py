@@ -33,6 +33,7 @@ class PairModel(nn.Module):
         n_mels: int = 80,
         audio_normalization: dict | None = None,
         similarity: Similarity | None = None,
+        train_samples: int = 0,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -41,6 +42,11 @@ class PairModel(nn.Module):
         self.modalities = sorted(set(modalities))
         feature_dims = feature_dims or {}
         feature_stats = feature_stats or {}
+        anchors = 0
+        if cfg.trunk == "kernel":
+            if not train_samples:
+                raise ParamsError("model.trunk: kernel takes its anchors from the train split, and there is none")
+            anchors = min(cfg.kernel.anchors, train_samples)
         self.encoders = nn.ModuleDict(
             {
                 m: build_encoder(
@@ -53,6 +59,8 @@ class PairModel(nn.Module):
                     vocab_size=vocab_size,
                     n_mels=n_mels,
                     audio_normalization=audio_normalization,
+                    kernel=cfg.kernel,
+                    anchors=anchors,
                 )
                 for m in self.modalities
             }
@@ -66,13 +74,13 @@ class PairModel(nn.Module):
         where = f"model.{modality}"
         if enc.init != "random" or enc.lock:
             what = f"{where}.lock" if enc.lock else f"{where}.init: {enc.init}"
-            if self.cfg.trunk != "linear" or enc.input != "emb":
+            if self.cfg.trunk not in ("linear", "kernel") or enc.input != "emb":
                 raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk: linear and "
                                   f"{where}.input: emb (got model.trunk: {self.cfg.trunk}, {where}.input: {enc.input})")
             if feature_dim != self.cfg.embed_dim:
                 raise ParamsError(f"{what}: the {modality} features have {feature_dim} dims (features.{modality}."
                                   f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
-        if self.cfg.trunk == "linear" and enc.feature_noise and enc.input != "emb":
+        if self.cfg.trunk in ("linear", "kernel") and enc.feature_noise and enc.input != "emb":
             raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
         return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
 
@@ -91,6 +99,7 @@ class PairModel(nn.Module):
             n_mels=int(features.get("audio.feat", {}).get("n_mels", params.audio.n_mels)),
             audio_normalization=index.get("normalization", {}).get("audio.feat"),
             similarity=Similarity.from_config(params.model, params.loss),
+            train_samples=int(index.get("splits", {}).get("train", {}).get("samples", 0)),
         )
 
     def encode(self, inputs: Mapping[str, Any], modality: str) -> Distribution:

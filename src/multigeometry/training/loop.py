@@ -55,6 +55,7 @@ from multigeometry.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from multigeometry.training.kernel_fit import fit_kernels
 from multigeometry.training.objective import TrainModule, accumulated_backward
 from multigeometry.training.optim import make_optimizer, make_scheduler
 from multigeometry.training.validation import validate_model
@@ -145,6 +146,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
+        self.fitted = self._fit_kernels(model, shards) if params.model.trunk == "kernel" else {}
         criterion = MainCriterion(params.loss, params.model, similarity=model.similarity)
         self.module = TrainModule(model, criterion).to(self.rt.device)
         if self.cfg.compile:
@@ -180,6 +182,13 @@ class Trainer:
         if self.val_set is None:
             log.warning("train: %s has no val split: no validation, the last model is kept (train.select, "
                         "train.patience need one; shard.val_from_train carves one from train)", shards)
+
+    def _fit_kernels(self, model: PairModel, shards: Path) -> dict[str, str]:
+        """model.trunk: kernel: anchors and the closed-form start from the unaugmented train split (all ranks alike)."""
+        train_once = IterableStylePairDataset(shards, "train", self.params, train=False, rank=0, world_size=1,
+                                              resampled=False)
+        loader = make_loader(train_once, self.params, tokenizer=self.tokenizer, workers=0, seed=self.params.seed)
+        return fit_kernels(model, loader, self.params.pairs.pairs, self.params.seed)
 
     # -----------------------------------------------------------------------------------------------------------------
 
@@ -230,6 +239,9 @@ class Trainer:
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
         )
         pace = ProgressLog(self.total_steps, self.step)
+        if self.step == 0 and any(self.fitted.values()):  # the closed-form start is a candidate like any step
+            self.history.append({"step": 0})
+            self._validate(tracker)
         while self.step < self.total_steps and not self._patience_out():
             epoch, position = divmod(self.step, self.steps_per_epoch)
             batches = epoch_batches(self.train_set, self.params, epoch, self.tokenizer)

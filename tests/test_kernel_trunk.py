@@ -1,0 +1,129 @@
+"""`model.trunk: kernel`: RBF features against the train split's own, the head's mean map solved in closed form onto
+a locked partner's space (kernel ridge regression), that start validated before the first step, and all of it saved
+with the model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multigeometry.config import EncoderConfig, KernelConfig, ModelConfig, PairSpec, ParamsError, params_from_dict
+from multigeometry.inference import load_trained
+from multigeometry.models.backbones import FeatureInput, KernelFeatures
+from multigeometry.models.pair_model import PairModel
+from multigeometry.paths import models_dir, run_reports_dir
+from multigeometry.training.kernel_fit import fit_kernels, kernel_ridge
+from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
+from tests.conftest import tiny_trained_raw
+
+
+def _unit(x: np.ndarray, center: np.ndarray) -> np.ndarray:
+    z = x - center
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def test_kernel_features_are_rbf_similarities_of_centred_unit_vectors_to_train_anchors():
+    rng = np.random.default_rng(0)
+    train, queries = rng.normal(size=(7, 5)) + 3.0, rng.normal(size=(4, 5)) + 3.0
+    trunk = KernelFeatures(5, 7, gamma=0.7)
+    trunk.fit(torch.tensor(train, dtype=torch.float64).float())
+    center = train.mean(0)
+    a, z = _unit(train, center), _unit(queries, center)
+    want = np.exp(-0.7 * ((z[:, None, :] - a[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_allclose(trunk(torch.tensor(queries).float()).numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(trunk.anchor_gram().numpy(), np.exp(-0.7 * ((a[:, None] - a[None]) ** 2).sum(-1)),
+                               rtol=1e-4, atol=1e-5)
+    subset = KernelFeatures(5, 3, gamma=0.7)
+    subset.fit(torch.tensor(train).float(), torch.Generator().manual_seed(0))
+    chosen = [int(np.argmin(np.abs(a - row.numpy()).sum(1))) for row in subset.anchors]
+    assert len(set(chosen)) == 3 and chosen == sorted(chosen)  # three distinct train rows, in their order
+    with pytest.raises(ValueError, match="4 anchors asked of 3 train samples"):
+        KernelFeatures(5, 4, gamma=1.0).fit(torch.tensor(train[:3]).float())
+
+
+def test_kernel_ridge_is_the_regularised_least_squares_solution():
+    rng = np.random.default_rng(1)
+    trunk = KernelFeatures(3, 6, gamma=1.0)
+    x = torch.tensor(rng.normal(size=(6, 3))).float()
+    trunk.fit(x)
+    y = torch.tensor(rng.normal(size=(6, 2))).float()
+    k, kmm = trunk(x), trunk.anchor_gram()
+    alpha = kernel_ridge(k, kmm, y, ridge=0.1)  # every sample an anchor: (K + ridge I)^-1 Y
+    want = np.linalg.solve(k.double().numpy() + 0.1 * np.eye(6), y.double().numpy())
+    np.testing.assert_allclose(alpha.numpy(), want, rtol=1e-3, atol=1e-4)
+    few = KernelFeatures(3, 3, gamma=1.0)  # Nystrom: fewer anchors than samples; the objective's gradient is zero
+    few.fit(x, torch.Generator().manual_seed(2))
+    k, kmm = few(x).double(), few.anchor_gram().double()
+    alpha = kernel_ridge(k, kmm, y, ridge=0.1).double()
+    gradient = k.T @ (k @ alpha - y.double()) + 0.1 * kmm @ alpha
+    assert gradient.abs().max() < 1e-4
+
+
+def _kernel_model(geometry: str = "point", **kernel) -> PairModel:
+    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2, trunk="kernel",
+                      kernel=KernelConfig(**kernel), text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
+    return PairModel(cfg, ["image", "text", "code"], feature_dims={"image": 6, "text": 4, "code": 4},
+                     train_samples=12)
+
+
+@pytest.mark.parametrize("geometry", ["point", "mixture", "cone"])
+def test_the_mean_map_is_solved_onto_the_locked_partner(geometry):
+    """With a tiny ridge and every train sample an anchor the solution interpolates: each train image's direction is
+    its caption's (the locked text space); code (init identity) keeps its features as they are."""
+    model = _kernel_model(geometry, ridge=1e-6, gamma=2.0)
+    assert isinstance(model.encoders["image"].trunk, KernelFeatures)
+    assert isinstance(model.encoders["code"].trunk, FeatureInput)
+    assert isinstance(model.encoders["text"].trunk, FeatureInput)
+    gen = torch.Generator().manual_seed(0)
+    image, text = torch.randn(12, 6, generator=gen), torch.randn(12, 4, generator=gen)
+    batches = [SimpleNamespace(inputs={"image.emb": image[:5], "text.emb": text[:5]}),
+               SimpleNamespace(inputs={"image.emb": image[5:], "text.emb": text[5:]})]
+    fitted = fit_kernels(model, batches, [PairSpec("image", "text"), PairSpec("code", "text")], seed=0)
+    assert fitted == {"image": "text"}
+    with torch.no_grad():
+        dist = model.encode({"image.emb": image}, "image")
+    directions = dist.direction if geometry == "cone" else dist.mu
+    want = F.normalize(text, dim=-1)
+    if geometry == "mixture":  # every component starts at the same solution
+        want = want[:, None, :].expand(-1, 2, -1)
+    torch.testing.assert_close(directions if geometry != "point" else directions[:, 0], want, atol=2e-3, rtol=0)
+
+
+def test_the_kernel_trunk_is_refused_where_it_cannot_apply():
+    with pytest.raises(ParamsError, match="model.trunk: kernel maps the shards' pretrained features"):
+        PairModel(ModelConfig(trunk="kernel", image=EncoderConfig(input="raw")), ["image", "text"],
+                  feature_dims={"text": 384}, train_samples=4)
+    with pytest.raises(ParamsError, match="anchors from the train split"):
+        PairModel(ModelConfig(trunk="kernel"), ["image", "text"], feature_dims={"image": 8, "text": 384})
+    video = PairModel(ModelConfig(trunk="kernel", embed_dim=4, text=EncoderConfig(lock=True)), ["video", "text"],
+                      feature_dims={"video": 6, "text": 4}, train_samples=3)
+    batch = SimpleNamespace(inputs={"video.emb": torch.randn(3, 2, 6), "text.emb": torch.randn(3, 4)})
+    with pytest.raises(ParamsError, match="model.trunk: kernel: the video encoder"):
+        fit_kernels(video, [batch], [PairSpec("video", "text")], seed=0)
+
+
+def test_the_train_stage_validates_the_closed_form_start_and_saves_the_anchors(tiny_trained):
+    """The tiny world's image and audio kernels solved onto the locked MiniLM text space: step 0 is validated (and kept
+    when no step beats it), and the saved model embeds as the trained one did, anchors included."""
+    _params, root = tiny_trained
+    raw = tiny_trained_raw(root, geometry="point", run_name="kernel", epochs=3, val_every=1, select="best",
+                           patience=0)
+    raw["loader"]["batch_size"] = 0
+    raw["model"].update({"trunk": "kernel", "embed_dim": 384, "text": {"lock": True}, "kernel": {"gamma": 1.0}})
+    params = params_from_dict(raw)
+    out = train_model(params, root)
+    curve = (run_reports_dir(params, root) / "plots/loss.csv").read_text().splitlines()
+    header, first = curve[0].split(","), curve[1].split(",")
+    assert first[0] == "0" and first[header.index("val_mean_R_at_1")] != ""  # the start, validated
+    selected = read_train_metrics(params, root)["selected"]
+    assert selected["model"] == "best" and 0 <= selected["step"] <= 3
+    trained = load_trained(out / MODEL_FILE)
+    state = trained.model.state_dict()
+    assert state["encoders.image.trunk.anchors"].abs().sum() > 0 and "encoders.audio.trunk.center" in state
+    train_samples = trained.index["splits"]["train"]["samples"]
+    assert state["encoders.image.trunk.anchors"].shape == (min(4096, train_samples), 1280)
+    assert models_dir(params, root) == out
