@@ -446,7 +446,7 @@ class ModelConfig:
     embed_dim: int = bounded(384, min=2)  # dimension of the embedding space (a locked modality's feature dim)
     # input: emb encoders: "mlp" = FeatureMLP + adapter before the head; "linear" = the head alone on the features;
     # "kernel" = the head on the features' RBF similarities to the train split's (model.kernel) for the modalities
-    # whose mean map starts random, the others as with linear
+    # whose mean map starts random (video aside), the others as with linear
     trunk: Literal["mlp", "linear", "kernel"] = "linear"
     kernel: KernelConfig = field(default_factory=KernelConfig)  # model.trunk: kernel
     feature_norm: Literal["none", "standardize", "l2"] = "none"  # of the shards' features, before the trunk

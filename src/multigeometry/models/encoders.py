@@ -6,7 +6,8 @@ Every encoder is a `Trunk` (see `multigeometry.models.backbones`) followed by a 
 - ``input: emb``: a `FeatureMLP` over the shards' pretrained features ``<modality>.emb`` (normalised as
   ``model.feature_norm`` says), or with ``model.trunk: linear`` the features themselves: the encoder adds nothing and
   the head is one linear map from the frozen features (a linear probe); or with ``model.trunk: kernel`` their RBF
-  similarities to the train split's (`KernelFeatures`), for the modalities whose mean map starts random;
+  similarities to the train split's (`KernelFeatures`), for the modalities whose mean map starts random (but video,
+  whose pooled frames change as its temporal encoder trains);
 - ``input: raw``, ``backbone: ""``: the modality's small from-scratch network;
 - ``input: raw``, ``backbone: <name>``: a pretrained backbone, frozen (``freeze``) but for its last
   ``unfreeze_last_n`` layers; a frozen backbone stays in eval mode (no dropout, fixed BatchNorm statistics) while the
@@ -226,7 +227,8 @@ def build_trunk(
                 f"{where}.input: emb needs pretrained {modality} features, but the shards have no '{modality}.emb': "
                 f"set features.{modality}.model (and re-run the shard stage), or use {where}.input: raw"
             )
-        if trunk == "kernel" and cfg.init == "random" and not cfg.lock:
+        # video keeps its pooled frames as they are: they move as its temporal encoder trains, so no fixed anchors
+        if trunk == "kernel" and cfg.init == "random" and not cfg.lock and modality != "video":
             assert kernel is not None and anchors  # PairModel gives both under model.trunk: kernel
             return KernelFeatures(feature_dim, anchors, kernel.gamma)
         if trunk in ("linear", "kernel"):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from multigeometry.config import PairSpec, ParamsError
+from multigeometry.config import PairSpec
 from multigeometry.models.backbones import KernelFeatures
 from multigeometry.models.pair_model import PairModel
 
@@ -51,10 +51,6 @@ def fit_kernels(model: PairModel, batches: Iterable[Batch], pairs: Sequence[Pair
     kernels = {m: enc for m, enc in model.encoders.items() if isinstance(enc.trunk, KernelFeatures)}
     if not kernels:
         return {}
-    if "video" in kernels:
-        raise ParamsError("model.trunk: kernel: the video encoder pools its frames through a temporal encoder that "
-                          "trains, so its inputs have no fixed anchors; set model.video.init: identity (its features "
-                          "as they are) or model.trunk: linear")
     partners = locked_partners(model, pairs)
     features: dict[str, list[torch.Tensor]] = {m: [] for m in kernels}
     targets: dict[str, list[torch.Tensor]] = {m: [] for m in partners}
