@@ -88,6 +88,21 @@ def tiny_trained_raw(root: Path, geometry: str = "mixture", run_name: str = "tin
     })
 
 
+def shards_without_val(params: Params, root: Path, copy: Path) -> None:
+    """The shards of `params` under `root` copied to `copy` with their val split removed (index and folder)."""
+    import json
+    import shutil
+
+    from multigeometry.paths import shards_dir
+
+    shutil.copytree(shards_dir(params, root), shards_dir(params, copy))
+    index_path = shards_dir(params, copy) / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["splits"]["val"]
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(shards_dir(params, copy) / "val")
+
+
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path]:
     """A tiny world prepared, validated, sharded and trained for a few steps, once for the session:

@@ -18,7 +18,7 @@ from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import models_dir, run_reports_dir
 from multigeometry.training.kernel_fit import fit_kernels, kernel_ridge
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
-from tests.conftest import tiny_trained_raw
+from tests.conftest import shards_without_val, tiny_trained_raw
 
 
 def _unit(x: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -128,3 +128,16 @@ def test_the_train_stage_validates_the_closed_form_start_and_saves_the_anchors(t
     train_samples = trained.index["splits"]["train"]["samples"]
     assert state["encoders.image.trunk.anchors"].shape == (min(4096, train_samples), 1280)
     assert models_dir(params, root) == out
+
+
+def test_without_a_val_split_the_start_is_not_validated(tiny_trained, tmp_path):
+    params, root = tiny_trained
+    copy = tmp_path / "root"
+    shards_without_val(params, root, copy)
+    raw = tiny_trained_raw(copy, geometry="point", run_name="kernel-noval", epochs=1)
+    raw["model"].update({"trunk": "kernel", "embed_dim": 384, "text": {"lock": True}})
+    noval = params_from_dict(raw)
+    train_model(noval, copy)
+    curve = (run_reports_dir(noval, copy) / "plots/loss.csv").read_text().splitlines()
+    assert curve[1].split(",")[0] != "0"  # the first row is a training step
+    assert read_train_metrics(noval, copy)["selected"]["model"] == "last"

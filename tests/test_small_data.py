@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 
 import pandas as pd
 import pytest
@@ -23,7 +22,7 @@ from multigeometry.paths import models_dir, shards_dir
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
 from multigeometry.training.objective import TrainModule
 from multigeometry.training.validation import validate_model
-from tests.conftest import tiny_trained_raw
+from tests.conftest import shards_without_val, tiny_trained_raw
 
 
 def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
@@ -144,12 +143,7 @@ def test_full_batch_early_stopping_keeps_the_best_validated_weights(tiny_trained
 def test_without_a_val_split_the_last_model_is_kept_and_said(tiny_trained, tmp_path, caplog):
     params, root = tiny_trained
     copy = tmp_path / "root"
-    shutil.copytree(shards_dir(params, root), shards_dir(params, copy))
-    index_path = shards_dir(params, copy) / "index.json"
-    index = json.loads(index_path.read_text())
-    del index["splits"]["val"]
-    index_path.write_text(json.dumps(index))
-    shutil.rmtree(shards_dir(params, copy) / "val")
+    shards_without_val(params, root, copy)
     noval = params_from_dict(tiny_trained_raw(copy, run_name="noval", epochs=2))
     with caplog.at_level("WARNING"):
         train_model(noval, copy)

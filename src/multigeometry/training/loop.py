@@ -239,7 +239,8 @@ class Trainer:
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.rt.is_main or None
         )
         pace = ProgressLog(self.total_steps, self.step)
-        if self.step == 0 and any(self.fitted.values()):  # the closed-form start is a candidate like any step
+        # the closed-form start of model.trunk: kernel is a candidate like any step
+        if self.step == 0 and self.val_set is not None and any(self.fitted.values()):
             self.history.append({"step": 0})
             self._validate(tracker)
         while self.step < self.total_steps and not self._patience_out():
