@@ -4,6 +4,7 @@ with the model."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,9 +17,12 @@ from multigeometry.inference import load_trained
 from multigeometry.models.backbones import FeatureInput, KernelFeatures
 from multigeometry.models.pair_model import PairModel
 from multigeometry.paths import models_dir, run_reports_dir
+from multigeometry.stages.evaluate import evaluate
+from multigeometry.stages.register import register
 from multigeometry.training.kernel_fit import fit_kernels, kernel_ridge
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
 from tests.conftest import shards_without_val, tiny_trained_raw
+from tests.test_registry import assert_pyfunc_matches_checkpoint
 
 
 def _unit(x: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -115,6 +119,7 @@ def test_the_train_stage_validates_the_closed_form_start_and_saves_the_anchors(t
                            patience=0)
     raw["loader"]["batch_size"] = 0
     raw["model"].update({"trunk": "kernel", "embed_dim": 384, "text": {"lock": True}, "kernel": {"gamma": 1.0}})
+    raw["registry"] = {"model_name": "multigeometry-kernel"}
     params = params_from_dict(raw)
     out = train_model(params, root)
     curve = (run_reports_dir(params, root) / "plots/loss.csv").read_text().splitlines()
@@ -128,6 +133,11 @@ def test_the_train_stage_validates_the_closed_form_start_and_saves_the_anchors(t
     train_samples = trained.index["splits"]["train"]["samples"]
     assert state["encoders.image.trunk.anchors"].shape == (min(4096, train_samples), 1280)
     assert models_dir(params, root) == out
+    # registered, the pyfunc (anchors in its weights) embeds raw inputs as the checkpoint embeds the shards
+    evaluate(params, root)
+    assert json.loads(register(params, root).read_text())["registered"] is True
+    uri = f"models:/{params.registry.model_name}@{params.registry.alias}"
+    assert assert_pyfunc_matches_checkpoint(uri, params, root, params.train.tracking_uri) > 0
 
 
 def test_without_a_val_split_the_start_is_not_validated(tiny_trained, tmp_path):
