@@ -95,6 +95,13 @@ def test_the_mean_map_is_solved_onto_the_locked_partner(geometry):
     if geometry == "mixture":  # every component starts at the same solution
         want = want[:, None, :].expand(-1, 2, -1)
     torch.testing.assert_close(directions if geometry != "point" else directions[:, 0], want, atol=2e-3, rtol=0)
+    # model.kernel.lock (the default): the solution stays, the uncertainty around it trains
+    assert not any(p.requires_grad for p in model.heads["image"].mean.parameters())
+    if geometry != "point":
+        assert all(p.requires_grad for p in model.heads["image"].rest.parameters())
+    unlocked = _kernel_model(geometry, ridge=1e-6, gamma=2.0, lock=False)
+    fit_kernels(unlocked, batches, [PairSpec("image", "text")], seed=0)
+    assert all(p.requires_grad for p in unlocked.heads["image"].mean.parameters())
 
 
 def test_the_kernel_trunk_is_refused_or_left_out_where_it_cannot_apply():

@@ -424,6 +424,9 @@ class KernelConfig:
     anchors: int = bounded(4096, min=1)  # at most this many train samples are anchors (a seeded random subset)
     gamma: float = bounded(1.0, min=1e-6)  # the RBF's width: exp(-gamma * |x - anchor|^2) between unit vectors
     ridge: float = bounded(0.01, min=0.0)  # the closed-form solution's ridge (on the kernel's scale, 1 on its diagonal)
+    # keep the solved mean map as it is: training then learns the uncertainty (variances, aperture) around it, as for
+    # a locked text side (the solution wins on few pairs, and contrastive steps on it lost on val)
+    lock: bool = True
 
 
 @dataclass(frozen=True)

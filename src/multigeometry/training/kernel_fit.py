@@ -47,7 +47,8 @@ def locked_partners(model: PairModel, pairs: Sequence[PairSpec]) -> dict[str, st
 
 def fit_kernels(model: PairModel, batches: Iterable[Batch], pairs: Sequence[PairSpec], seed: int) -> dict[str, str]:
     """Fit every kernel trunk of `model` on the features of `batches` (the train split, unaugmented) and solve its
-    head's mean map onto its locked partner where it has one; {modality: partner, "" where none}."""
+    head's mean map onto its locked partner where it has one, frozen there with `model.kernel.lock`; {modality:
+    partner, "" where none}."""
     kernels = {m: enc for m, enc in model.encoders.items() if isinstance(enc.trunk, KernelFeatures)}
     if not kernels:
         return {}
@@ -72,6 +73,7 @@ def fit_kernels(model: PairModel, batches: Iterable[Batch], pairs: Sequence[Pair
             proj = model.heads[m].mean.proj
             proj.weight.copy_(alpha.T.repeat(proj.out_features // alpha.shape[1], 1))
             proj.bias.zero_()
+            proj.requires_grad_(not model.cfg.kernel.lock)
             log.info("model.trunk: kernel: %s's mean map solved onto %s's space over %d train samples, %d anchors",
                      m, partners[m], len(x), trunk.width)
     return {m: partners.get(m, "") for m in kernels}
