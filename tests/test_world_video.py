@@ -9,7 +9,7 @@ import pytest
 
 from multigeometry.config import ParamsError, WorldConfig, load_params, params_from_dict
 from multigeometry.data.sources.world import world_rows
-from multigeometry.data.video import probe, read_frames
+from multigeometry.data.video import encode_clip, probe, read_frames, rgb_to_yuv420p
 from multigeometry.data.world.scene import LEVELS, MOTION_PHRASES, OPPOSITE_MOTION
 
 TINY = {"n_items": 6, "workers": 1, "image_size": 64, "audio": False, "video": True, "video_size": 32,
@@ -38,6 +38,23 @@ def test_the_default_world_has_clips_their_features_and_their_pairs():
     still = load_params(REPO / "presets/world-still.yaml")
     assert not still.data.world.video and "video" not in still.validate.modalities
     assert "video" not in {m for p in still.pairs.pairs for m in (p.a, p.b)}
+
+
+def test_the_colour_conversion_is_exact_and_does_not_depend_on_the_buffer():
+    """The encoder is given yuv420p converted here (BT.601 limited range, as libswscale's), not RGB that libswscale
+    would convert by a SIMD or C path depending on the buffer: flat colours as swscale gives them (within 1), and the
+    same bytes from an unaligned copy of the frames."""
+    import av
+
+    for colour in ([200, 30, 60], [0, 0, 0], [255, 255, 255], [12, 240, 99]):
+        flat = np.full((8, 10, 3), colour, dtype=np.uint8)
+        reference = av.VideoFrame.from_ndarray(flat, format="rgb24").reformat(format="yuv420p").to_ndarray()
+        assert np.abs(rgb_to_yuv420p(flat).astype(int) - reference.astype(int)).max() <= 1
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
+    raw = np.zeros(frames.nbytes + 1, dtype=np.uint8)
+    unaligned = raw[1:].reshape(frames.shape)  # one byte off any alignment
+    unaligned[...] = frames
+    assert encode_clip(unaligned, 4) == encode_clip(frames, 4)
 
 
 def test_the_same_seed_gives_byte_identical_clips(tmp_path, clips):

@@ -216,6 +216,26 @@ def read_audio_track(source: Path | bytes, name: object = None) -> tuple[np.ndar
     return np.ascontiguousarray(np.concatenate(chunks, axis=1).T, dtype=np.float32), rate
 
 
+def rgb_to_yuv420p(pixels: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3), even H and W, as yuv420p planes stacked (H * 3 / 2, W): BT.601 limited range in integer
+    arithmetic, chroma averaged over 2 x 2 blocks. Done here rather than by libswscale inside the encoder, whose SIMD
+    and C paths round differently (which one runs can depend on the buffers' alignment), so that the same frames give
+    the same bytes in any process."""
+    rgb = pixels.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    height, width = y.shape
+
+    def chroma(cr: int, cg: int, cb: int) -> np.ndarray:
+        full = cr * r + cg * g + cb * b
+        blocks = full.reshape(height // 2, 2, width // 2, 2).sum(axis=(1, 3))
+        return ((blocks + 512) >> 10) + 128
+
+    u, v = chroma(-38, -74, 112), chroma(112, -94, -18)
+    planes = [y.reshape(-1), u.reshape(-1), v.reshape(-1)]
+    return np.concatenate(planes).clip(0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
+
+
 def encode_clip(
     frames: np.ndarray,
     fps: int,
@@ -224,8 +244,8 @@ def encode_clip(
     sample_rate: int = 16000,
 ) -> bytes:
     """RGB uint8 frames (N, H, W, 3), even H and W, as H.264 in MP4 (`mp4`) or VP9 in WebM (`webm`), with a mono float
-    audio track (AAC, or Opus in WebM) when `audio` is given. Fixed settings and one encoder thread: the same input
-    gives the same bytes."""
+    audio track (AAC, or Opus in WebM) when `audio` is given. Fixed settings, one encoder thread and our own colour
+    conversion (`rgb_to_yuv420p`): the same input gives the same bytes."""
     import av
 
     if fmt not in ENCODINGS:
@@ -250,7 +270,7 @@ def encode_clip(
             sound = container.add_stream(AUDIO_ENCODERS[fmt], rate=rate, layout="mono")
             sound.codec_context.thread_count = 1
         for i, pixels in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(pixels), format="yuv420p")
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
