@@ -15,13 +15,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import STILL_WORLD
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-# the still world's keys (tests/conftest.py's STILL_WORLD) that params.yaml sets otherwise
-STILL_KEYS = {"data.world.video": False, "validate.modalities": ["image", "text", "audio", "code"],
-              "features.video.model": ""}
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """A nested params dict as dotted keys (`data.world.video`), as `_set` takes them."""
+    out = {}
+    for key, value in tree.items():
+        out |= _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+# the still world (tests/conftest.py's STILL_WORLD) as dotted keys; the pairs each test sets itself
+STILL_KEYS = {k: v for k, v in _dotted(STILL_WORLD).items() if not k.startswith("pairs.")}
 
 
 def _git_commit(repo: Path, message: str) -> None:

@@ -442,6 +442,10 @@ class ComposerConfig:
     max_compounds: int = bounded(256, min=0)
 
 
+# model.trunk values under which the head reads the shards' features directly (or their kernel similarities)
+FEATURE_TRUNKS = ("linear", "kernel")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # a distribution per sample: mixture of Gaussians, cone, or a point (CLIP)

@@ -22,7 +22,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from multigeometry.config import MODALITIES, EncoderConfig, KernelConfig, ParamsError, VideoEncoderConfig
+from multigeometry.config import (
+    FEATURE_TRUNKS,
+    MODALITIES,
+    EncoderConfig,
+    KernelConfig,
+    ParamsError,
+    VideoEncoderConfig,
+)
 from multigeometry.models.backbones import (
     FeatureInput,
     FeatureMLP,
@@ -231,10 +238,10 @@ def build_trunk(
         if trunk == "kernel" and cfg.init == "random" and not cfg.lock and modality != "video":
             assert kernel is not None and anchors  # PairModel gives both under model.trunk: kernel
             return KernelFeatures(feature_dim, anchors, kernel.gamma)
-        if trunk in ("linear", "kernel"):
+        if trunk in FEATURE_TRUNKS:
             return FeatureInput(feature_dim, cfg.dropout, cfg.feature_noise)
         return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
-    if trunk in ("linear", "kernel"):
+    if trunk in FEATURE_TRUNKS:
         raise ParamsError(
             f"model.trunk: {trunk} maps the shards' pretrained features straight to the embedding, but {where}.input "
             f"is raw; use {where}.input: emb, or model.trunk: mlp"

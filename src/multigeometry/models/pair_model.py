@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from multigeometry.config import ModelConfig, Params, ParamsError
+from multigeometry.config import FEATURE_TRUNKS, ModelConfig, Params, ParamsError
 from multigeometry.geometry.distribution import Distribution
 from multigeometry.geometry.similarity import Similarity
 from multigeometry.models.composition import Composer
@@ -74,13 +74,14 @@ class PairModel(nn.Module):
         where = f"model.{modality}"
         if enc.init != "random" or enc.lock:
             what = f"{where}.lock" if enc.lock else f"{where}.init: {enc.init}"
-            if self.cfg.trunk not in ("linear", "kernel") or enc.input != "emb":
-                raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk: linear and "
-                                  f"{where}.input: emb (got model.trunk: {self.cfg.trunk}, {where}.input: {enc.input})")
+            if self.cfg.trunk not in FEATURE_TRUNKS or enc.input != "emb":
+                raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk: linear or "
+                                  f"kernel and {where}.input: emb (got model.trunk: {self.cfg.trunk}, {where}.input: "
+                                  f"{enc.input})")
             if feature_dim != self.cfg.embed_dim:
                 raise ParamsError(f"{what}: the {modality} features have {feature_dim} dims (features.{modality}."
                                   f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
-        if self.cfg.trunk in ("linear", "kernel") and enc.feature_noise and enc.input != "emb":
+        if self.cfg.trunk in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
             raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
         return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
 

@@ -31,12 +31,10 @@ def kernel_ridge(gram: torch.Tensor, anchor_gram: torch.Tensor, targets: torch.T
     return torch.linalg.solve(lhs, k.T @ y).to(targets.dtype)
 
 
-def locked_partners(model: PairModel, pairs: Sequence[PairSpec]) -> dict[str, str]:
-    """Each kernel modality's first partner whose head is locked to its features' space (the regression's target)."""
+def locked_partners(model: PairModel, modalities: Iterable[str], pairs: Sequence[PairSpec]) -> dict[str, str]:
+    """Each of `modalities`' first partner whose head is locked to its features' space (the regression's target)."""
     found = {}
-    for m, enc in model.encoders.items():
-        if not isinstance(enc.trunk, KernelFeatures):
-            continue
+    for m in modalities:
         for pair in pairs:
             other = pair.b if pair.a == m else pair.a if pair.b == m else None
             if other is not None and getattr(model.cfg, other).lock:
@@ -52,7 +50,7 @@ def fit_kernels(model: PairModel, batches: Iterable[Batch], pairs: Sequence[Pair
     kernels = {m: enc for m, enc in model.encoders.items() if isinstance(enc.trunk, KernelFeatures)}
     if not kernels:
         return {}
-    partners = locked_partners(model, pairs)
+    partners = locked_partners(model, kernels, pairs)
     features: dict[str, list[torch.Tensor]] = {m: [] for m in kernels}
     targets: dict[str, list[torch.Tensor]] = {m: [] for m in partners}
     with torch.no_grad():
