@@ -115,18 +115,22 @@ def test_csd_gradcheck(gen: torch.Generator) -> None:
     assert torch.autograd.gradcheck(fn, (a.logits, a.mu, a.logvar, b.logits, b.mu, b.logvar))
 
 
-# 1: a chunk a row, the backward pass recomputes each chunk; 1000: the whole product (810) in one chunk, whose softmax
-# weights the forward pass keeps (and, with KEEP_WEIGHTS off, recomputes); no plain-autograd path for small products
-@pytest.mark.parametrize(("chunk_elements", "keep"), [(1, True), (1000, True), (1000, False)])
+# chunk_elements 1: a chunk a row; 1000: the whole product (810) in one chunk. The forward pass keeps each chunk's
+# softmax weights for the backward pass unless KEEP_WEIGHTS is off or the product (810) is over KEEP_WEIGHTS_ELEMENTS,
+# where the backward pass recomputes them; no plain-autograd path for small products
+@pytest.mark.parametrize("chunk_elements", [1, 1000])
+@pytest.mark.parametrize(("keep", "keep_elements"), [(True, 810), (False, 810), (True, 809)])
 def test_block_lse_matmul_matches_materialised_logsumexp(gen: torch.Generator, monkeypatch, chunk_elements: int,
-                                                         keep: bool) -> None:
+                                                         keep: bool, keep_elements: int) -> None:
     monkeypatch.setattr(blockwise, "KEEP_WEIGHTS", keep)
+    monkeypatch.setattr(blockwise, "KEEP_WEIGHTS_ELEMENTS", keep_elements)
     monkeypatch.setattr(blockwise, "SMALL_PRODUCT_ELEMENTS", 0)
     x = 10 * torch.randn(9, 3, 4, generator=gen, dtype=F64, requires_grad=True)
     y = 10 * torch.randn(6, 5, 4, generator=gen, dtype=F64, requires_grad=True)
     full = torch.einsum("ike,jle->ikjl", x, y).logsumexp(dim=(1, 3))
     got = block_lse_matmul(x, y, chunk_elements=chunk_elements)
-    assert (got.grad_fn.saved_tensors[3] is not None) == (keep and chunk_elements == 1000)  # the path taken
+    kept = got.grad_fn.saved_tensors[3:]  # the path taken: every chunk's weights, or none
+    assert len(kept) == ((9 if chunk_elements == 1 else 1) if keep and keep_elements == 810 else 0)
     torch.testing.assert_close(got, full)
     w = torch.randn(9, 6, generator=gen, dtype=F64)
     gx, gy = torch.autograd.grad((full * w).sum(), (x, y))

@@ -6,11 +6,10 @@ For x of shape (B, K, E) and y of shape (B', K', E) this computes
 
 which is the reduction every mixture similarity of the form LSE_{k,l}(bias_ik + bias_jl + <u_ik, v_jl>) comes down to
 once the biases are folded into two extra columns. The (B·K)×(B'·K') product is never held whole: each chunk of rows
-is multiplied, reduced and dropped, and the backward pass recomputes the chunk instead of storing the softmax weights.
-That costs one extra matrix product (four in all instead of three) but keeps memory at one chunk whatever the batch,
-and avoids writing and re-reading a (B·K)×(B'·K') matrix through main memory. Where the whole product is one chunk
-(a training batch), that chunk's exponentials are kept for the backward pass instead: the same memory, held between
-the two passes, and one product and one exp pass fewer (`KEEP_WEIGHTS`).
+is multiplied, reduced and dropped. For the backward pass each chunk's softmax weights are either kept (while the
+whole product is within `KEEP_WEIGHTS_ELEMENTS`: one (B·K)×(B'·K') matrix held between the passes, and three products
+and one exp pass in all) or recomputed there (past it: memory stays at one chunk whatever the batch, for one more
+product and exp pass, four products in all).
 
 Rows are laid out component-major (all k=0 rows, then k=1, ...) so that the reduction over (k, l) is an elementwise
 max/sum across K·K' contiguous (chunk, B') slabs, which vectorises well.
@@ -28,8 +27,10 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ROWS = 512
 # See _shifted_exp_.
 EXP_FLOOR = -80.0
-# Keep a one-chunk product's exponentials for the backward pass (False: recompute them, as for many chunks).
+# Keep the product's softmax weights for the backward pass (False: recompute them chunk by chunk) ...
 KEEP_WEIGHTS = True
+# ... while the whole (B·K)×(B'·K') product has at most this many elements (1 GiB of float32: B = 4096, K = 4).
+KEEP_WEIGHTS_ELEMENTS = 1 << 28
 
 
 def _chunk_rows(b: int, k: int, n_cols: int, chunk_elements: int) -> int:
@@ -68,23 +69,22 @@ class _BlockLSEMatmul(torch.autograd.Function):
         yk = y.transpose(0, 1).reshape(k2 * b2, e)  # (K'·B', E), component-major
         rows = _chunk_rows(b, k, k2 * b2, chunk_elements)
         out = x.new_empty(b, b2)
-        # one chunk within the budget: its weights are kept (they are no more than the memory a chunk takes anyway)
-        keep = KEEP_WEIGHTS and rows >= b and b * k * k2 * b2 <= chunk_elements and any(ctx.needs_input_grad[:2])
-        weights = None
+        keep = KEEP_WEIGHTS and b * k * k2 * b2 <= KEEP_WEIGHTS_ELEMENTS and any(ctx.needs_input_grad[:2])
+        weights = []  # each chunk's softmax weights, d s_ij / d prod_{ik,jl}, when kept
         for i0 in range(0, b, rows):
             i1 = min(b, i0 + rows)
             xc = xk[:, i0:i1].reshape(k * (i1 - i0), e)
             out[i0:i1], exps, total = _lse_chunk(xc, yk, k, k2, i1 - i0, b2)
             if keep:
-                weights = exps.div_(total[None, :, None, :])  # the softmax weights, d s_ij / d prod_{ik,jl}
-        ctx.save_for_backward(x, y, out, weights)
+                weights.append(exps.div_(total[None, :, None, :]))
+        ctx.save_for_backward(x, y, out, *weights)
         ctx.chunk_elements = chunk_elements
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        x, y, s, weights = ctx.saved_tensors
+        x, y, s, *weights = ctx.saved_tensors
         b, k, e = x.shape
         b2, k2, _ = y.shape
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -94,17 +94,18 @@ class _BlockLSEMatmul(torch.autograd.Function):
         dyk = torch.zeros_like(yk) if need_y else None
         rows = _chunk_rows(b, k, k2 * b2, ctx.chunk_elements)
         grad = grad.contiguous()
-        for i0 in range(0, b, rows):
+        buffer = x.new_empty(k * min(rows, b) * k2 * b2)  # one chunk's d s / d prod, reused: no page faults a chunk
+        for n, i0 in enumerate(range(0, b, rows)):
             i1 = min(b, i0 + rows)
             c = i1 - i0
             xc = xk[:, i0:i1].reshape(k * c, e)
+            dprod = buffer[: k * c * k2 * b2].view(k * c, k2 * b2)
             # d s_ij / d prod_{ik,jl} = softmax weight exp(prod - s_ij); times the incoming gradient of s_ij.
-            if weights is not None:  # one chunk, its weights kept by the forward pass
-                dprod = weights * grad[None, :, None, :]
+            if weights:  # kept by the forward pass
+                torch.mul(weights[n], grad[None, i0:i1, None, :], out=dprod.view(k, c, k2, b2))
             else:
-                dprod = (xc @ yk.T).view(k, c, k2, b2)
-                _shifted_exp_(dprod, s[i0:i1]).mul_(grad[None, i0:i1, None, :])
-            dprod = dprod.view(k * c, k2 * b2)
+                torch.mm(xc, yk.T, out=dprod)
+                _shifted_exp_(dprod.view(k, c, k2, b2), s[i0:i1]).mul_(grad[None, i0:i1, None, :])
             if dxk is not None:
                 dxk[:, i0:i1] = (dprod @ yk).view(k, c, e)
             if dyk is not None:
