@@ -120,6 +120,7 @@ def step(
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     optimizer.step()
+    module.criterion.step = getattr(module.criterion, "step", 0) + 1  # as the trainer counts (model.composer.every)
 
 
 def bench_variants(params: Params, steps: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:

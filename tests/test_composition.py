@@ -279,3 +279,35 @@ def test_training_composes_a_random_subset_of_the_compounds_with_only_their_part
         assert sub_owner.tolist() == [sub_rows.tolist().index(parts_owner[p].item()) for p in expected]
         torch.testing.assert_close(sub_parts.mu, parts.mu[torch.tensor(expected)])
     assert seen == {0, 1, 2, 3, 4}  # every compound is drawn sometime
+
+
+def test_the_composition_term_runs_on_every_nth_training_step_only():
+    from multigeometry.data.batch import Batch, Texts
+    from multigeometry.models.pair_model import PairModel
+    from multigeometry.training.objective import TrainModule
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear",
+                      composer=ComposerConfig(every=3, max_compounds=0))
+    module = TrainModule(PairModel(cfg, ["image", "text"], feature_dims={"image": 3, "text": 4}),
+                         MainCriterion(LossConfig(composition_weight=1.0), cfg))
+    n, owner = 4, torch.arange(4).repeat_interleave(2)
+    batch = Batch(torch.arange(n), {m: torch.ones(n, dtype=torch.bool) for m in ("image", "text")},
+                  [("image", "text", 1.0)], {"image.emb": torch.randn(n, 3), "text.emb": torch.randn(n, 4)},
+                  general=Texts(torch.arange(n), [f"c{i}" for i in range(n)], torch.arange(n),
+                                features=torch.randn(n, 4)),
+                  parts=Texts(owner, [f"p{i}" for i in range(2 * n)], torch.arange(2 * n),
+                              features=torch.randn(2 * n, 4)),
+                  compound_index=torch.arange(n), compound_group=torch.arange(n))
+    composed = []
+    for step in range(7):
+        module.criterion.step = step
+        terms = module.train()(batch)
+        composed.append("composition" in terms)
+        if step % 3:  # no composition term: the composer gets no gradient that step
+            terms["loss"].backward()
+            assert all(p.grad is None for p in module.model.composer.parameters())
+            module.zero_grad(set_to_none=True)
+    assert composed == [True, False, False, True, False, False, True]
+    module.criterion.step = 1
+    assert "composition" in module.eval()(batch)  # validation always scores it

@@ -440,6 +440,8 @@ class ComposerConfig:
     # training: compose at most this many compounds of a batch, drawn at random each step (0: every one); the
     # composition term's cost is quadratic in them (BENCHMARKS.md, "Training throughput")
     max_compounds: int = bounded(256, min=0)
+    # training: the composition term on every this many steps only (1: every step), at its weight on those steps
+    every: int = bounded(1, min=1)
 
 
 # model.trunk values under which the head reads the shards' features directly (or their kernel similarities)

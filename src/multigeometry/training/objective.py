@@ -96,7 +96,7 @@ class TrainModule(nn.Module):
         all_dists = [dists] if cached is None else [dists if i == slot else c for i, c in enumerate(cached)]
         terms = self._pair_losses(batch, batches, all_dists, general, slot if cached is not None else 0, soft_rows)
         weight = self.criterion.cfg.composition_weight if self.model.composer is not None else 0.0
-        if weight > 0:
+        if weight > 0 and (not self.training or self.criterion.step % self.model.cfg.composer.every == 0):
             composition = self._composition(batch, general)
             if composition is not None:
                 # local to this micro-batch: each pass adds its share, so the passes sum to the batch mean
