@@ -42,7 +42,11 @@ REAL_DATA = ["validate.max_bad_fraction=0.1", "validate.data_docs=false", "eval.
              "registry.min_metric=2.0"]
 # the linear probe of the issue: one linear map per modality from the frozen features to 256-d, symmetric InfoNCE
 # with a learnable temperature, AdamW, full batch, early stopping on the validation split
-PROBE = ["model.geometry=point", "model.trunk=linear", "model.embed_dim=256", "model.text.lock=false",
+# (every modality's own trunk and feature normalisation reset to model.trunk's and model.feature_norm's)
+ALL_MODALITIES = ("image", "text", "audio", "code", "video")
+EACH_OWN = [f"model.{m}.{key}=''" for m in ALL_MODALITIES for key in ("trunk", "feature_norm")]
+PROBE = [*EACH_OWN, "model.feature_norm=none",
+         "model.geometry=point", "model.trunk=linear", "model.embed_dim=256", "model.text.lock=false",
          "model.code.init=random", "loader.batch_size=0",
          "train.epochs=400", "train.lr=0.001", "train.warmup_steps=0", "train.val_every=5", "train.patience=8",
          "model.composer.enabled=false"]
@@ -51,7 +55,8 @@ ANCHORED = ["model.trunk=linear", "model.embed_dim=384", "model.text.lock=true",
             "loader.batch_size=0", "train.epochs=400", "train.lr=0.001", "train.warmup_steps=0", "train.val_every=5",
             "train.patience=8"]
 # the recipe params.yaml had before the real-data work (a 2-layer MLP trunk per modality, batches of 64, 20 epochs)
-OLD = ["model.trunk=mlp", "model.embed_dim=128", "model.text.lock=false", "model.code.init=random",
+OLD = [*EACH_OWN, "model.feature_norm=none",
+       "model.trunk=mlp", "model.embed_dim=128", "model.text.lock=false", "model.code.init=random",
        "loader.batch_size=64", "train.epochs=20", "train.lr=0.002", "train.warmup_steps=20", "train.val_every=25",
        "train.patience=0"]
 MODELS: dict[str, list[str]] = {
@@ -62,7 +67,10 @@ MODELS: dict[str, list[str]] = {
     **{f"{g}-old": [f"model.geometry={g}", *OLD] for g in ("point", "mixture", "cone")},
     **{f"{g}-anchored": [f"model.geometry={g}", *ANCHORED] for g in ("point", "mixture", "cone")},
     # kernel ridge onto the locked text space as the start (model.trunk: kernel), on standardised features
-    **{f"kernel-{g}": [f"model.geometry={g}", "model.trunk=kernel", "model.feature_norm=standardize"]
+    **{f"kernel-{g}": [f"model.geometry={g}", *EACH_OWN, "model.trunk=kernel", "model.feature_norm=standardize"]
+       for g in ("point", "mixture", "cone")},
+    # params.yaml's recipe before the per-modality one (every modality linear, raw features)
+    **{f"{g}-linear": [f"model.geometry={g}", *EACH_OWN, "model.trunk=linear", "model.feature_norm=none"]
        for g in ("point", "mixture", "cone")},
 }
 # each suspect of the gap to the probe, one change from the old point recipe (BENCHMARKS.md, "Real data")

@@ -5,6 +5,7 @@ with the model."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,8 @@ from multigeometry.training.kernel_fit import fit_kernels, kernel_ridge
 from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_model
 from tests.conftest import shards_without_val, tiny_trained_raw
 from tests.test_registry import assert_pyfunc_matches_checkpoint
+
+RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
 
 
 def _unit(x: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -68,7 +71,8 @@ def test_kernel_ridge_is_the_regularised_least_squares_solution():
 
 
 def _kernel_model(geometry: str = "point", **kernel) -> PairModel:
-    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2, trunk="kernel",
+    cfg = ModelConfig(**RAW, geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
+                      trunk="kernel",
                       kernel=KernelConfig(**kernel), text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
     return PairModel(cfg, ["image", "text", "code"], feature_dims={"image": 6, "text": 4, "code": 4},
                      train_samples=12)
@@ -105,17 +109,61 @@ def test_the_mean_map_is_solved_onto_the_locked_partner(geometry):
 
 
 def test_the_kernel_trunk_is_refused_or_left_out_where_it_cannot_apply():
-    with pytest.raises(ParamsError, match="model.trunk: kernel maps the shards' pretrained features"):
-        PairModel(ModelConfig(trunk="kernel", image=EncoderConfig(input="raw")), ["image", "text"],
+    with pytest.raises(ParamsError, match=r"trunk kernel \(model.trunk or model.image.trunk\) maps the shards'"):
+        PairModel(ModelConfig(**RAW, trunk="kernel", image=EncoderConfig(input="raw")), ["image", "text"],
                   feature_dims={"text": 384}, train_samples=4)
     with pytest.raises(ParamsError, match="anchors from the train split"):
-        PairModel(ModelConfig(trunk="kernel"), ["image", "text"], feature_dims={"image": 8, "text": 384})
+        PairModel(ModelConfig(**RAW, trunk="kernel"), ["image", "text"], feature_dims={"image": 8, "text": 384})
     # video's pooled frames move as its temporal encoder trains: it keeps them as they are, like model.trunk: linear
-    video = PairModel(ModelConfig(trunk="kernel", embed_dim=4, text=EncoderConfig(lock=True)), ["video", "text"],
+    video = PairModel(ModelConfig(**RAW, trunk="kernel", embed_dim=4, text=EncoderConfig(lock=True)), ["video", "text"],
                       feature_dims={"video": 6, "text": 4}, train_samples=3)
     assert isinstance(video.encoders["video"].trunk, FeatureInput)
     batch = SimpleNamespace(inputs={"video.emb": torch.randn(3, 2, 6), "text.emb": torch.randn(3, 4)})
     assert fit_kernels(video, [batch], [PairSpec("video", "text")], seed=0) == {}
+    # asked of one modality where it cannot apply (locked, from the identity, video), it is linear there too
+    for modality, cfg in [("text", EncoderConfig(lock=True, trunk="kernel")),
+                          ("code", EncoderConfig(init="identity", trunk="kernel")),
+                          ("video", replace(ModelConfig(**RAW).video, trunk="kernel"))]:
+        model = PairModel(ModelConfig(**RAW, embed_dim=4, **{modality: cfg}), [modality, "image"],
+                          feature_dims={modality: 4, "image": 6}, train_samples=3)
+        assert isinstance(model.encoders[modality].trunk, FeatureInput)
+
+
+def test_one_modality_can_take_the_kernel_while_the_others_keep_model_trunk():
+    cfg = ModelConfig(**RAW, embed_dim=4, trunk="linear", audio=EncoderConfig(trunk="kernel"))
+    assert [cfg.trunk_of(m) for m in ("image", "audio", "text")] == ["linear", "kernel", "linear"]
+    model = PairModel(cfg, ["image", "audio", "text"], feature_dims={"image": 6, "audio": 5, "text": 4},
+                      train_samples=8)
+    assert isinstance(model.encoders["audio"].trunk, KernelFeatures) and model.encoders["audio"].trunk.width == 8
+    assert isinstance(model.encoders["image"].trunk, FeatureInput)
+    gen = torch.Generator().manual_seed(0)
+    batch = SimpleNamespace(inputs={"image.emb": torch.randn(8, 6, generator=gen),
+                                    "audio.emb": torch.randn(8, 5, generator=gen),
+                                    "text.emb": torch.randn(8, 4, generator=gen)})
+    pairs = [PairSpec("image", "text"), PairSpec("audio", "text")]
+    assert fit_kernels(model, [batch], pairs, seed=0) == {"audio": "text"}
+    # and the other way round: model.trunk kernel, one modality linear
+    mixed = PairModel(ModelConfig(**RAW, embed_dim=4, trunk="kernel", image=EncoderConfig(trunk="linear")),
+                      ["image", "audio", "text"], feature_dims={"image": 6, "audio": 5, "text": 4}, train_samples=8)
+    assert isinstance(mixed.encoders["image"].trunk, FeatureInput)
+    assert isinstance(mixed.encoders["audio"].trunk, KernelFeatures)
+    with pytest.raises(ParamsError, match="anchors from the train split"):
+        PairModel(cfg, ["audio", "text"], feature_dims={"audio": 5, "text": 4})
+    assert not ModelConfig(**RAW, audio=EncoderConfig(trunk="kernel")).uses_kernel(["image", "text"])
+
+
+def test_one_modality_can_take_its_own_feature_norm():
+    cfg = ModelConfig(embed_dim=4, feature_norm="l2", image=EncoderConfig(),
+                      audio=EncoderConfig(feature_norm="standardize"))
+    assert [cfg.feature_norm_of(m) for m in ("image", "audio")] == ["l2", "standardize"]
+    stats = {"audio.emb": {"mean": [1.0] * 5, "std": [2.0] * 5}}
+    model = PairModel(cfg, ["image", "audio", "text"], feature_dims={"image": 6, "audio": 5, "text": 4},
+                      feature_stats=stats)
+    x = torch.full((2, 5), 3.0)
+    torch.testing.assert_close(model.encoders["audio"].norm(x), torch.ones(2, 5))  # (3 - 1) / 2
+    assert model.encoders["image"].norm.mode == "l2"
+    with pytest.raises(ValueError, match="standardize needs the shards' feature statistics"):
+        PairModel(cfg, ["audio", "text"], feature_dims={"audio": 5, "text": 4})
 
 
 def test_the_train_stage_validates_the_closed_form_start_and_saves_the_anchors(tiny_trained):

@@ -24,9 +24,11 @@ from multigeometry.training.objective import TrainModule
 from multigeometry.training.validation import validate_model
 from tests.conftest import shards_without_val, tiny_trained_raw
 
+RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
+
 
 def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
-    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear", text=EncoderConfig())
+    cfg = ModelConfig(**RAW, geometry="point", embed_dim=4, n_components=1, trunk="linear", text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     assert not list(model.encoders.parameters())
     image = torch.randn(5, 6)
@@ -38,7 +40,7 @@ def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
 def test_standardized_features_use_the_train_statistics_and_travel_with_the_weights():
     stats = {"image.emb": {"mean": [1.0, 2.0], "std": [2.0, 4.0]}, "text.emb": {"mean": [0.0], "std": [1.0]}}
     cfg = ModelConfig(geometry="point", embed_dim=3, n_components=1, trunk="linear", feature_norm="standardize",
-                      text=EncoderConfig())
+                      image=EncoderConfig(), text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1}, feature_stats=stats)
     x = torch.tensor([[3.0, 6.0]])
     head = model.heads["image"].mean.proj
@@ -47,7 +49,7 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
     assert "encoders.image.norm.mean" in model.state_dict()
     with pytest.raises(ValueError, match="feature statistics"):
         PairModel(cfg, ["image", "text"], feature_dims={"image": 2, "text": 1})
-    l2 = PairModel(ModelConfig(feature_norm="l2", text=EncoderConfig()), ["image", "text"],
+    l2 = PairModel(ModelConfig(feature_norm="l2", image=EncoderConfig(), text=EncoderConfig()), ["image", "text"],
                    feature_dims={"image": 2, "text": 1})
     torch.testing.assert_close(l2.encoders["image"].norm(x), F.normalize(x, dim=-1))
 
@@ -56,7 +58,8 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
 def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
     """text locked: its directions are its normalised features, untrained; code starts at the identity and trains;
     the uncertainty (variances, aperture) trains for both."""
-    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2, trunk="linear",
+    cfg = ModelConfig(**RAW, geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
+                      trunk="linear",
                       text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
     model = PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 4})
     x = torch.randn(3, 4)
@@ -70,12 +73,12 @@ def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
         assert list(model.heads["text"].rest.parameters())
     with pytest.raises(ParamsError, match=r"model.embed_dim must be the same"):
         PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 6})
-    with pytest.raises(ParamsError, match=r"model.trunk: linear"):
+    with pytest.raises(ParamsError, match=r"model.trunk \(or model.code.trunk\) linear"):
         PairModel(dataclasses.replace(cfg, trunk="mlp"), ["code", "text"], feature_dims={"code": 4, "text": 4})
 
 
 def test_an_isotropic_variance_is_one_log_variance_a_component():
-    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear", variance="isotropic",
+    cfg = ModelConfig(**RAW, geometry="mixture", embed_dim=4, n_components=2, trunk="linear", variance="isotropic",
                       text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 4})
     assert model.heads["image"].rest.out_features == 2 * (1 + 1)  # K logits and K log-variances
@@ -92,7 +95,7 @@ def test_an_isotropic_variance_is_one_log_variance_a_component():
 
 
 def test_feature_noise_perturbs_training_inputs_only():
-    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear",
+    cfg = ModelConfig(**RAW, geometry="point", embed_dim=4, n_components=1, trunk="linear",
                       image=EncoderConfig(feature_noise=0.5), text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     x = torch.randn(8, 6)

@@ -243,8 +243,8 @@ def build_trunk(
         return FeatureMLP(feature_dim, cfg.hidden_dim, cfg.layers, cfg.dropout)
     if trunk in FEATURE_TRUNKS:
         raise ParamsError(
-            f"model.trunk: {trunk} maps the shards' pretrained features straight to the embedding, but {where}.input "
-            f"is raw; use {where}.input: emb, or model.trunk: mlp"
+            f"trunk {trunk} (model.trunk or {where}.trunk) maps the shards' pretrained features straight to the "
+            f"embedding, but {where}.input is raw; use {where}.input: emb, or trunk mlp"
         )
     if not cfg.backbone:
         return _scratch_trunk(modality, cfg, vocab_size, n_mels)
@@ -278,7 +278,8 @@ def build_encoder(
     ``input: emb``; ``vocab_size``: the tokenizer's, needed for text and code from scratch; ``n_mels`` and
     ``audio_normalization`` (``index["normalization"]["audio.feat"]``): the shards' log-mels, for raw audio;
     ``kernel`` and ``anchors``: ``model.kernel`` and how many anchors (``model.trunk: kernel``);
-    ``trunk`` and ``feature_norm``: ``model.trunk`` and ``model.feature_norm``, with ``feature_stats``
+    ``trunk`` and ``feature_norm``: the modality's (``ModelConfig.trunk_of``, ``feature_norm_of``), with
+    ``feature_stats``
     (``index["normalization"]["<modality>.emb"]``) for ``standardize``.
     """
     if modality not in MODALITIES:

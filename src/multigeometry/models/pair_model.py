@@ -43,7 +43,7 @@ class PairModel(nn.Module):
         feature_dims = feature_dims or {}
         feature_stats = feature_stats or {}
         anchors = 0
-        if cfg.trunk == "kernel":
+        if cfg.uses_kernel(self.modalities):
             if not train_samples:
                 raise ParamsError("model.trunk: kernel takes its anchors from the train split, and there is none")
             anchors = min(cfg.kernel.anchors, train_samples)
@@ -52,8 +52,8 @@ class PairModel(nn.Module):
                 m: build_encoder(
                     m,
                     getattr(cfg, m),
-                    trunk=cfg.trunk,
-                    feature_norm=cfg.feature_norm,
+                    trunk=cfg.trunk_of(m),
+                    feature_norm=cfg.feature_norm_of(m),
                     feature_stats=feature_stats.get(f"{m}.emb"),
                     feature_dim=feature_dims.get(m),
                     vocab_size=vocab_size,
@@ -74,14 +74,15 @@ class PairModel(nn.Module):
         where = f"model.{modality}"
         if enc.init != "random" or enc.lock:
             what = f"{where}.lock" if enc.lock else f"{where}.init: {enc.init}"
-            if self.cfg.trunk not in FEATURE_TRUNKS or enc.input != "emb":
-                raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk: linear or "
-                                  f"kernel and {where}.input: emb (got model.trunk: {self.cfg.trunk}, {where}.input: "
-                                  f"{enc.input})")
+            trunk = self.cfg.trunk_of(modality)
+            if trunk not in FEATURE_TRUNKS or enc.input != "emb":
+                raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk (or "
+                                  f"{where}.trunk) linear or kernel and {where}.input: emb (got trunk {trunk}, "
+                                  f"{where}.input: {enc.input})")
             if feature_dim != self.cfg.embed_dim:
                 raise ParamsError(f"{what}: the {modality} features have {feature_dim} dims (features.{modality}."
                                   f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
-        if self.cfg.trunk in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
+        if self.cfg.trunk_of(modality) in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
             raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
         return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
 

@@ -146,7 +146,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         model = PairModel.from_index(params, self.index, vocab_size=vocab)
-        self.fitted = self._fit_kernels(model, shards) if params.model.trunk == "kernel" else {}
+        self.fitted = self._fit_kernels(model, shards) if params.model.uses_kernel(model.modalities) else {}
         criterion = MainCriterion(params.loss, params.model, similarity=model.similarity)
         self.module = TrainModule(model, criterion).to(self.rt.device)
         if self.cfg.compile:
@@ -184,7 +184,7 @@ class Trainer:
                         "train.patience need one; shard.val_from_train carves one from train)", shards)
 
     def _fit_kernels(self, model: PairModel, shards: Path) -> dict[str, str]:
-        """model.trunk: kernel: anchors and the closed-form start from the unaugmented train split (all ranks alike)."""
+        """The kernel trunks' anchors and closed-form start from the unaugmented train split (all ranks alike)."""
         train_once = IterableStylePairDataset(shards, "train", self.params, train=False, rank=0, world_size=1,
                                               resampled=False)
         loader = make_loader(train_once, self.params, tokenizer=self.tokenizer, workers=0, seed=self.params.seed)
