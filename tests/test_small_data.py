@@ -153,3 +153,45 @@ def test_without_a_val_split_the_last_model_is_kept_and_said(tiny_trained, tmp_p
     assert read_train_metrics(noval, copy)["selected"]["model"] == "last"
     assert "no val split" in caplog.text
     assert (models_dir(noval, copy) / MODEL_FILE).is_file()
+
+
+def test_the_compositional_layer_is_selected_on_its_own_validation(tiny_trained):
+    """train.composer_select: own keeps the best retrieval step's weights but the compositional layer of the
+    validation with the lowest composition loss (its term converges after retrieval); `model` keeps both together."""
+    import csv
+
+    from multigeometry.paths import run_reports_dir
+    from multigeometry.training.checkpoint import list_checkpoints, load_checkpoint
+
+    _params, root = tiny_trained
+    raw = tiny_trained_raw(root, run_name="composer-own", epochs=30, val_every=1, patience=4, checkpoint_every=1,
+                           keep_checkpoints=100, select="best")
+    raw["loader"]["batch_size"] = 0
+    raw["model"]["trunk"] = "linear"
+    params = params_from_dict(raw)
+    out = train_model(params, root)
+    selected = read_train_metrics(params, root)["selected"]
+    rows = list(csv.DictReader((run_reports_dir(params, root) / "plots/loss.csv").open()))
+    losses = {int(r["step"]): float(r["val_composition"]) for r in rows if r.get("val_composition")}
+    assert selected["composer"]["step"] == min(losses, key=losses.get)
+    assert selected["composer"]["val/composition"] == pytest.approx(min(losses.values()), abs=1e-4)  # the csv: 4 digits
+    assert selected["composer"]["step"] != selected["step"]  # this run: the two bests are different steps
+    saved = torch.load(out / MODEL_FILE, weights_only=False)["model"]
+    checkpoints = {load_checkpoint(p)["step"]: p for p in list_checkpoints(out / "checkpoints")}
+
+    def weights(step: int) -> dict[str, torch.Tensor]:
+        state = load_checkpoint(checkpoints[step])["model"]
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+    at_best, at_composer = weights(selected["step"]), weights(selected["composer"]["step"])
+    composer_keys = [k for k in saved if k.startswith("composer.")]
+    assert composer_keys and set(saved) == set(at_best)
+    for k, v in saved.items():
+        torch.testing.assert_close(v, (at_composer if k in composer_keys else at_best)[k], rtol=0, atol=0)
+    # composer_select: model keeps the best step's compositional layer with the rest
+    together = params_from_dict({**raw, "train": {**raw["train"], "run_name": "composer-model",
+                                                  "composer_select": "model"}})
+    out = train_model(together, root)
+    assert "composer" not in read_train_metrics(together, root)["selected"]
+    saved = torch.load(out / MODEL_FILE, weights_only=False)["model"]
+    torch.testing.assert_close(saved, at_best, rtol=0, atol=0)  # the same seed and data: the same run

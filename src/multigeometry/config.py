@@ -588,6 +588,10 @@ class TrainConfig:
     best_metric: str = "val/mean_R@1"  # the validation metric that picks the best weights
     best_mode: Literal["max", "min"] = "max"  # higher or lower is better
     select: Literal["best", "last"] = "best"  # model.pt: the best validated weights, or the last ones
+    # with select best: the compositional layer's weights from the validation of its own lowest composition loss
+    # ("own"), or from the same step as the rest ("model"); its term converges after retrieval, which best_metric
+    # follows (BENCHMARKS.md, "The composer every N steps")
+    composer_select: Literal["own", "model"] = "own"
     patience: int = bounded(8, min=0)  # stop after this many validations without a better best_metric (0: never)
     log_every: int = bounded(10, min=1)  # steps between logged metrics (and a log line)
     tracking_uri: str = ""  # "": sqlite:///<project root>/mlflow.db

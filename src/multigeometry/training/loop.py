@@ -61,7 +61,8 @@ from multigeometry.training.optim import make_optimizer, make_scheduler
 from multigeometry.training.validation import validate_model
 
 log = logging.getLogger(__name__)
-
+# the compositional layer's entries in the model's state dict (selected on its own: train.composer_select)
+COMPOSER = "composer."
 
 
 @dataclass
@@ -176,6 +177,10 @@ class Trainer:
         self.best: float | None = None
         self.best_state: dict[str, Any] | None = None  # the best validated weights (train.select: best)
         self.best_step = 0
+        # the compositional layer's own best (train.composer_select: own): lowest val/composition, its step, weights
+        self.best_composer: float | None = None
+        self.best_composer_step = 0
+        self.best_composer_state: dict[str, Any] | None = None
         self.stale_validations = 0  # validations since the best one (train.patience)
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None  # the MLflow run, recorded in checkpoints so that a resumed run continues it
@@ -314,6 +319,11 @@ class Trainer:
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.model.state_dict().items()}
         else:
             self.stale_validations += 1
+        composition = metrics.get("val/composition")
+        if composition is not None and (self.best_composer is None or composition < self.best_composer):
+            self.best_composer, self.best_composer_step = composition, self.step
+            self.best_composer_state = {k: v.detach().to("cpu", copy=True)
+                                        for k, v in self.module.model.state_dict().items() if k.startswith(COMPOSER)}
 
     def _patience_out(self) -> bool:
         """Early stopping: `train.patience` validations in a row without a better `train.best_metric`."""
@@ -335,6 +345,9 @@ class Trainer:
             "best": self.best,
             "best_step": self.best_step,
             "best_state": self.best_state,
+            "best_composer": self.best_composer,
+            "best_composer_step": self.best_composer_step,
+            "best_composer_state": self.best_composer_state,
             "stale_validations": self.stale_validations,
             "history": self.history,
             "world_size": self.rt.world_size,
@@ -359,6 +372,9 @@ class Trainer:
         self.step, self.best, self.history = state["step"], state["best"], list(state["history"])
         self.best_step, self.best_state = state["best_step"], state["best_state"]
         self.stale_validations = state["stale_validations"]
+        self.best_composer = state.get("best_composer")
+        self.best_composer_step = state.get("best_composer_step", 0)
+        self.best_composer_state = state.get("best_composer_state")
         log.info("resumed from %s at step %d", path, self.step)
         return state["rng"][self.rt.rank]
 
@@ -382,8 +398,12 @@ class Trainer:
             return self.out
         final = self.out / MODEL_FILE
         selected = self._selected()
-        self._save_model(final, {"step": self.step, "selected": selected},
-                         self.best_state if selected["model"] == "best" else None)
+        state = None
+        if selected["model"] == "best":
+            state = self.best_state
+            if "composer" in selected:
+                state = {**self.best_state, **self.best_composer_state}
+        self._save_model(final, {"step": self.step, "selected": selected}, state)
         last = self.history[-1] if self.history else {}
         summary = {k: v for k, v in last.items() if k != "step"} | {
             "step": self.step, "best": self.best, "selected": selected
@@ -402,7 +422,13 @@ class Trainer:
         """Which weights model.pt holds (`train.select`) and why."""
         stopped = self._patience_out()
         if self.cfg.select == "best" and self.best_state is not None:
-            return {"model": "best", "step": self.best_step, self.cfg.best_metric: self.best, "early_stopped": stopped}
+            selected = {"model": "best", "step": self.best_step, self.cfg.best_metric: self.best,
+                        "early_stopped": stopped}
+            if self.cfg.composer_select == "own" and self.best_composer_state:
+                selected["composer"] = {"step": self.best_composer_step, "val/composition": self.best_composer}
+                log.info("train: model.pt holds step %d's weights, its compositional layer step %d's (train."
+                         "composer_select: own)", self.best_step, self.best_composer_step)
+            return selected
         reason = "train.select: last" if self.cfg.select == "last" else f"no {self.cfg.best_metric} (no val split)"
         log.info("train: model.pt holds the last weights (%s)", reason)
         return {"model": "last", "step": self.step, "reason": reason, "early_stopped": stopped}
