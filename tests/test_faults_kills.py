@@ -50,8 +50,11 @@ def _start_shard_stage(root: Path, tmp_path: Path) -> tuple[subprocess.Popen, li
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.to_dict()))
     cli = Path(sys.executable).parent / "multigeometry"
-    proc = subprocess.Popen([str(cli), "shard", "--params", str(params_file)], cwd=root, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe: nobody reads a pipe until the stage ends, and a full one (progress bars) would
+    # block the stage's unwinding on SIGTERM in a write
+    with (tmp_path / "stderr.log").open("wb") as stderr:
+        proc = subprocess.Popen([str(cli), "shard", "--params", str(params_file)], cwd=root, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     out = shards_dir(params, root)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -78,7 +81,7 @@ def test_a_killed_shard_stage_leaves_no_worker_alive(validated, tmp_path, signum
         assert _alive(descendants) == [], "worker processes outlived the shard stage"
         if signum == signal.SIGTERM:
             assert proc.returncode == 128 + 15
-            assert b"terminated by signal SIGTERM" in proc.stderr.read()
+            assert b"terminated by signal SIGTERM" in (tmp_path / "stderr.log").read_bytes()
             assert not staging.exists(), "SIGTERM left the staging folder behind"
         else:
             assert proc.returncode == -signal.SIGKILL
