@@ -69,7 +69,7 @@ MODELS: dict[str, list[str]] = {
     # kernel ridge onto the locked text space as the start (model.trunk: kernel), on standardised features
     **{f"kernel-{g}": [f"model.geometry={g}", *EACH_OWN, "model.trunk=kernel", "model.feature_norm=standardize"]
        for g in ("point", "mixture", "cone")},
-    # params.yaml's recipe before the per-modality one (every modality linear, raw features)
+    # every modality linear on raw features (params.yaml's recipe, pinned against its per-modality keys)
     **{f"{g}-linear": [f"model.geometry={g}", *EACH_OWN, "model.trunk=linear", "model.feature_norm=none"]
        for g in ("point", "mixture", "cone")},
 }

@@ -17,8 +17,6 @@ from multigeometry.geometry import ConeParams, MixtureParams
 from multigeometry.geometry.search import search_vectors
 from multigeometry.geometry.similarity import Similarity
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 D = 16
 
 
@@ -40,7 +38,7 @@ def gallery(n: int, geometry: str, seed: int, near: torch.Tensor | None = None) 
 
 
 def similarity(geometry: str) -> Similarity:
-    params = params_from_dict({"model": {**RAW, "geometry": geometry, "embed_dim": D, "n_components": 2 if geometry ==
+    params = params_from_dict({"model": {"geometry": geometry, "embed_dim": D, "n_components": 2 if geometry ==
                                          "mixture" else 1}})
     return Similarity.from_config(params.model, params.loss)
 
@@ -86,7 +84,7 @@ def test_search_switches_to_approximate_search_at_the_threshold():
     from multigeometry.search import SearchIndex, search
 
     params = params_from_dict({"pairs": {"pairs": [{"a": "image", "b": "text"}]},
-                               "model": {**RAW, "geometry": "point", "embed_dim": D, "trunk": "mlp",
+                               "model": {"geometry": "point", "embed_dim": D, "trunk": "mlp",
                                          "image": {"hidden_dim": 8, "layers": 1},
                                          "text": {"hidden_dim": 8, "layers": 1, "lock": False}}})
     model = PairModel(params.model, ["image", "text"], feature_dims={"image": 4, "text": 4})

@@ -19,8 +19,6 @@ from multigeometry.losses import MainCriterion, info_nce
 from multigeometry.models.composition import Composer, distribution_features
 from multigeometry.models.heads import make_head
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 RED_CIRCLE = Scene((SceneObject("circle", "red", "small"),), position="left")
 PAIR = Scene((SceneObject("circle", "red", "small"), SceneObject("square", "blue", "large")), relation="above")
 
@@ -68,9 +66,9 @@ def test_collate_points_each_compound_at_its_hierarchy_entry():
 
 
 GEOMETRIES = {
-    "mixture": ModelConfig(**RAW, geometry="mixture", embed_dim=8, n_components=3),
-    "point": ModelConfig(**RAW, geometry="point", embed_dim=8, n_components=1),
-    "cone": ModelConfig(**RAW, geometry="cone", embed_dim=8),
+    "mixture": ModelConfig(geometry="mixture", embed_dim=8, n_components=3),
+    "point": ModelConfig(geometry="point", embed_dim=8, n_components=1),
+    "cone": ModelConfig(geometry="cone", embed_dim=8),
 }
 
 
@@ -132,7 +130,7 @@ def _replace_rows(dist, other, rows: torch.Tensor):
 
 
 def test_composition_loss_leaves_same_meaning_rows_out_of_the_negatives():
-    cfg = ModelConfig(**RAW, geometry="point", embed_dim=8, n_components=1)
+    cfg = ModelConfig(geometry="point", embed_dim=8, n_components=1)
     crit = MainCriterion(LossConfig(similarity="point"), cfg)
     composed, compound = _random_parts(cfg, 5, 0), _random_parts(cfg, 5, 1)
     meaning = torch.tensor([0, 1, 0, 2, 3])
@@ -192,7 +190,7 @@ def test_composer_learns_to_land_on_the_compound_and_generalises_to_unseen_pairs
     """A world of 6 colours x 6 shapes whose compound embeddings are normalize(colour + shape + noise): trained with
     the composition loss on 24 pairs, compose(colour, shape) must find the held-out pairs' compounds too."""
     torch.manual_seed(0)
-    cfg = ModelConfig(**RAW, geometry="mixture", embed_dim=16, n_components=2, composer=ComposerConfig(hidden_dim=64))
+    cfg = ModelConfig(geometry="mixture", embed_dim=16, n_components=2, composer=ComposerConfig(hidden_dim=64))
     crit = MainCriterion(LossConfig(), cfg)
     colours, shapes = torch.randn(6, 16), torch.randn(6, 16)
     pairs_all = [(c, s) for c in range(6) for s in range(6)]
@@ -260,7 +258,7 @@ def test_training_composes_a_random_subset_of_the_compounds_with_only_their_part
     from multigeometry.models.pair_model import PairModel
 
     torch.manual_seed(0)
-    cfg = ModelConfig(**RAW, geometry="mixture", embed_dim=4, n_components=2, trunk="linear")
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear")
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 3, "text": 4}).eval()
     # 6 rows: rows 0-4 are compounds with 2, 1, 3, 2, 2 parts; row 5 has none
     counts = [2, 1, 3, 2, 2]
@@ -289,7 +287,7 @@ def test_the_composition_term_runs_on_every_nth_training_step_only():
     from multigeometry.training.objective import TrainModule
 
     torch.manual_seed(0)
-    cfg = ModelConfig(**RAW, geometry="mixture", embed_dim=4, n_components=2, trunk="linear",
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear",
                       composer=ComposerConfig(every=3, max_compounds=0))
     module = TrainModule(PairModel(cfg, ["image", "text"], feature_dims={"image": 3, "text": 4}),
                          MainCriterion(LossConfig(composition_weight=1.0), cfg))

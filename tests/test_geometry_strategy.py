@@ -17,8 +17,6 @@ from multigeometry.geometry.similarity import Similarity, resolve_similarity_kin
 from multigeometry.losses import GEOMETRY_TERMS, MainCriterion
 from multigeometry.models.pair_model import PairModel
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 D = 6
 
 
@@ -78,8 +76,7 @@ def test_the_similarity_computes_the_geometry_function_and_refuses_the_other_fam
 
 def test_the_model_holds_the_configured_similarity_and_the_loss_scores_with_it():
     params = params_from_dict({"pairs": {"pairs": [{"a": "image", "b": "text"}]},
-                               "model": {**RAW,
-                                         "geometry": "mixture", "n_components": 2, "embed_dim": D, "trunk": "mlp",
+                               "model": {"geometry": "mixture", "n_components": 2, "embed_dim": D, "trunk": "mlp",
                                          "image": {"hidden_dim": 8, "layers": 1},
                                          "text": {"hidden_dim": 8, "layers": 1, "lock": False}},
                                "loss": {"similarity": "product_kernel", "csd_tau": 0.5}})
@@ -103,18 +100,17 @@ def test_the_model_holds_the_configured_similarity_and_the_loss_scores_with_it()
 def test_the_hierarchy_is_encoded_only_for_a_term_of_the_geometry(geometry, loss, uses):
     cfg = LossConfig(**{"entailment_weight": 0.0, "inclusion_weight": 0.0, "aperture_weight": 0.0,
                         "hierarchy_contrastive_weight": 0.0, **loss})
-    criterion = MainCriterion(cfg, ModelConfig(**RAW, geometry=geometry,
-                                               n_components=2 if geometry == "mixture" else 1))
+    criterion = MainCriterion(cfg, ModelConfig(geometry=geometry, n_components=2 if geometry == "mixture" else 1))
     assert criterion.uses_hierarchy is uses
 
 
 def test_the_loss_adds_the_regularisers_of_the_family_only():
     cfg = LossConfig(kl_weight=0.1, entropy_weight=0.1, sinkhorn_weight=0.0)
     a, b = mixture(4, seed=5), mixture(4, seed=6)
-    terms = MainCriterion(cfg, ModelConfig(**RAW, geometry="mixture", n_components=2))(a, b)
+    terms = MainCriterion(cfg, ModelConfig(geometry="mixture", n_components=2))(a, b)
     assert {"kl", "entropy"} <= set(terms)
     ca, cb = cone(4, seed=7), cone(4, seed=8)
-    terms = MainCriterion(cfg, ModelConfig(**RAW, geometry="cone", n_components=1))(ca, cb)
+    terms = MainCriterion(cfg, ModelConfig(geometry="cone", n_components=1))(ca, cb)
     assert not {"kl", "entropy", "sinkhorn"} & set(terms)
     with pytest.raises(TypeError, match="model.geometry 'cone' expects ConeParams on both sides"):
-        MainCriterion(cfg, ModelConfig(**RAW, geometry="cone", n_components=1))(a, b)
+        MainCriterion(cfg, ModelConfig(geometry="cone", n_components=1))(a, b)

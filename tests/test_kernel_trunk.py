@@ -25,8 +25,6 @@ from multigeometry.training.loop import MODEL_FILE, read_train_metrics, train_mo
 from tests.conftest import shards_without_val, tiny_trained_raw
 from tests.test_registry import assert_pyfunc_matches_checkpoint
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 
 def _unit(x: np.ndarray, center: np.ndarray) -> np.ndarray:
     z = x - center
@@ -71,7 +69,7 @@ def test_kernel_ridge_is_the_regularised_least_squares_solution():
 
 
 def _kernel_model(geometry: str = "point", **kernel) -> PairModel:
-    cfg = ModelConfig(**RAW, geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
+    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
                       trunk="kernel",
                       kernel=KernelConfig(**kernel), text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
     return PairModel(cfg, ["image", "text", "code"], feature_dims={"image": 6, "text": 4, "code": 4},
@@ -110,12 +108,12 @@ def test_the_mean_map_is_solved_onto_the_locked_partner(geometry):
 
 def test_the_kernel_trunk_is_refused_or_left_out_where_it_cannot_apply():
     with pytest.raises(ParamsError, match=r"trunk kernel \(model.trunk or model.image.trunk\) maps the shards'"):
-        PairModel(ModelConfig(**RAW, trunk="kernel", image=EncoderConfig(input="raw")), ["image", "text"],
+        PairModel(ModelConfig(trunk="kernel", image=EncoderConfig(input="raw")), ["image", "text"],
                   feature_dims={"text": 384}, train_samples=4)
     with pytest.raises(ParamsError, match="anchors from the train split"):
-        PairModel(ModelConfig(**RAW, trunk="kernel"), ["image", "text"], feature_dims={"image": 8, "text": 384})
+        PairModel(ModelConfig(trunk="kernel"), ["image", "text"], feature_dims={"image": 8, "text": 384})
     # video's pooled frames move as its temporal encoder trains: it keeps them as they are, like model.trunk: linear
-    video = PairModel(ModelConfig(**RAW, trunk="kernel", embed_dim=4, text=EncoderConfig(lock=True)), ["video", "text"],
+    video = PairModel(ModelConfig(trunk="kernel", embed_dim=4, text=EncoderConfig(lock=True)), ["video", "text"],
                       feature_dims={"video": 6, "text": 4}, train_samples=3)
     assert isinstance(video.encoders["video"].trunk, FeatureInput)
     batch = SimpleNamespace(inputs={"video.emb": torch.randn(3, 2, 6), "text.emb": torch.randn(3, 4)})
@@ -123,14 +121,14 @@ def test_the_kernel_trunk_is_refused_or_left_out_where_it_cannot_apply():
     # asked of one modality where it cannot apply (locked, from the identity, video), it is linear there too
     for modality, cfg in [("text", EncoderConfig(lock=True, trunk="kernel")),
                           ("code", EncoderConfig(init="identity", trunk="kernel")),
-                          ("video", replace(ModelConfig(**RAW).video, trunk="kernel"))]:
-        model = PairModel(ModelConfig(**RAW, embed_dim=4, **{modality: cfg}), [modality, "image"],
+                          ("video", replace(ModelConfig().video, trunk="kernel"))]:
+        model = PairModel(ModelConfig(embed_dim=4, **{modality: cfg}), [modality, "image"],
                           feature_dims={modality: 4, "image": 6}, train_samples=3)
         assert isinstance(model.encoders[modality].trunk, FeatureInput)
 
 
 def test_one_modality_can_take_the_kernel_while_the_others_keep_model_trunk():
-    cfg = ModelConfig(**RAW, embed_dim=4, trunk="linear", audio=EncoderConfig(trunk="kernel"))
+    cfg = ModelConfig(embed_dim=4, trunk="linear", audio=EncoderConfig(trunk="kernel"))
     assert [cfg.trunk_of(m) for m in ("image", "audio", "text")] == ["linear", "kernel", "linear"]
     model = PairModel(cfg, ["image", "audio", "text"], feature_dims={"image": 6, "audio": 5, "text": 4},
                       train_samples=8)
@@ -143,13 +141,13 @@ def test_one_modality_can_take_the_kernel_while_the_others_keep_model_trunk():
     pairs = [PairSpec("image", "text"), PairSpec("audio", "text")]
     assert fit_kernels(model, [batch], pairs, seed=0) == {"audio": "text"}
     # and the other way round: model.trunk kernel, one modality linear
-    mixed = PairModel(ModelConfig(**RAW, embed_dim=4, trunk="kernel", image=EncoderConfig(trunk="linear")),
+    mixed = PairModel(ModelConfig(embed_dim=4, trunk="kernel", image=EncoderConfig(trunk="linear")),
                       ["image", "audio", "text"], feature_dims={"image": 6, "audio": 5, "text": 4}, train_samples=8)
     assert isinstance(mixed.encoders["image"].trunk, FeatureInput)
     assert isinstance(mixed.encoders["audio"].trunk, KernelFeatures)
     with pytest.raises(ParamsError, match="anchors from the train split"):
         PairModel(cfg, ["audio", "text"], feature_dims={"audio": 5, "text": 4})
-    assert not ModelConfig(**RAW, audio=EncoderConfig(trunk="kernel")).uses_kernel(["image", "text"])
+    assert not ModelConfig(audio=EncoderConfig(trunk="kernel")).uses_kernel(["image", "text"])
 
 
 def test_one_modality_can_take_its_own_feature_norm():

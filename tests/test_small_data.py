@@ -24,11 +24,9 @@ from multigeometry.training.objective import TrainModule
 from multigeometry.training.validation import validate_model
 from tests.conftest import shards_without_val, tiny_trained_raw
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 
 def test_linear_trunk_is_one_map_from_the_features_to_the_embedding():
-    cfg = ModelConfig(**RAW, geometry="point", embed_dim=4, n_components=1, trunk="linear", text=EncoderConfig())
+    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear", text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     assert not list(model.encoders.parameters())
     image = torch.randn(5, 6)
@@ -58,7 +56,7 @@ def test_standardized_features_use_the_train_statistics_and_travel_with_the_weig
 def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
     """text locked: its directions are its normalised features, untrained; code starts at the identity and trains;
     the uncertainty (variances, aperture) trains for both."""
-    cfg = ModelConfig(**RAW, geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
+    cfg = ModelConfig(geometry=geometry, embed_dim=4, n_components=1 if geometry == "point" else 2,
                       trunk="linear",
                       text=EncoderConfig(lock=True), code=EncoderConfig(init="identity"))
     model = PairModel(cfg, ["code", "text"], feature_dims={"code": 4, "text": 4})
@@ -78,7 +76,7 @@ def test_locked_and_identity_heads_keep_the_pretrained_space(geometry):
 
 
 def test_an_isotropic_variance_is_one_log_variance_a_component():
-    cfg = ModelConfig(**RAW, geometry="mixture", embed_dim=4, n_components=2, trunk="linear", variance="isotropic",
+    cfg = ModelConfig(geometry="mixture", embed_dim=4, n_components=2, trunk="linear", variance="isotropic",
                       text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 4})
     assert model.heads["image"].rest.out_features == 2 * (1 + 1)  # K logits and K log-variances
@@ -95,7 +93,7 @@ def test_an_isotropic_variance_is_one_log_variance_a_component():
 
 
 def test_feature_noise_perturbs_training_inputs_only():
-    cfg = ModelConfig(**RAW, geometry="point", embed_dim=4, n_components=1, trunk="linear",
+    cfg = ModelConfig(geometry="point", embed_dim=4, n_components=1, trunk="linear",
                       image=EncoderConfig(feature_noise=0.5), text=EncoderConfig())
     model = PairModel(cfg, ["image", "text"], feature_dims={"image": 6, "text": 3})
     x = torch.randn(8, 6)

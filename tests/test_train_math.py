@@ -27,7 +27,6 @@ def make_params(geometry: str):
             "pairs": {"pairs": [{"a": "image", "b": "text"}]},
             "model": {
                 "geometry": geometry,
-                "feature_norm": "none",  # batches made here: no shards' statistics to standardise with
                 "embed_dim": 6,
                 "n_components": 2,
                 "trunk": "mlp",

@@ -15,8 +15,6 @@ from multigeometry.models.pair_model import PairModel
 from multigeometry.models.temporal import MeanPool, SeqTransf, make_temporal, shuffled_order
 from multigeometry.training.objective import TrainModule
 
-RAW = {"feature_norm": "none"}  # models built without shards: no train statistics to standardise with
-
 T, D = 4, 8
 
 
@@ -122,7 +120,7 @@ def test_video_encoder_params_are_checked():
         VideoEncoderConfig(input="raw")
     with pytest.raises(ParamsError, match=r"unknown torchvision video architecture 'resnet18'.*r3d_18"):
         build_encoder("video", VideoEncoderConfig(input="raw", backbone="torchvision:resnet18"))
-    params = params_from_dict({"model": {**RAW, "video": {"temporal": "meanP"}}})
+    params = params_from_dict({"model": {"video": {"temporal": "meanP"}}})
     assert params.model.video.temporal == "meanP" and params.model.video.hidden_dim == params.model.image.hidden_dim
 
 
@@ -137,8 +135,7 @@ def _examples(n: int) -> list[dict]:
 def test_a_video_text_pair_collates_and_trains(temporal):
     params = params_from_dict({
         "pairs": {"pairs": [{"a": "video", "b": "text"}]},
-        "model": {**RAW,
-                  "embed_dim": 6, "n_components": 2, "video": {"hidden_dim": 16, "layers": 1, "temporal": temporal,
+        "model": {"embed_dim": 6, "n_components": 2, "video": {"hidden_dim": 16, "layers": 1, "temporal": temporal,
                                                                "temporal_width": 8, "temporal_heads": 2},
                   "text": {"hidden_dim": 16, "layers": 1, "init": "random"}},
         "loss": {"mixup": 0.5, "objective": "sigmoid"},
@@ -221,8 +218,7 @@ def test_the_temporal_term_matches_brute_force_and_trains_the_order():
 
     params = params_from_dict({
         "pairs": {"pairs": [{"a": "video", "b": "text"}]},
-        "model": {**RAW,
-                  "embed_dim": 6, "n_components": 2, "video": {"hidden_dim": 16, "layers": 1, "temporal_width": 8,
+        "model": {"embed_dim": 6, "n_components": 2, "video": {"hidden_dim": 16, "layers": 1, "temporal_width": 8,
                                                                "temporal_heads": 2},
                   "text": {"hidden_dim": 16, "layers": 1, "init": "random"}},
     })

@@ -72,9 +72,9 @@ class PairModel(nn.Module):
     def _head(self, modality: str, feature_dim: int | None) -> nn.Module:
         enc = getattr(self.cfg, modality)
         where = f"model.{modality}"
+        trunk = self.cfg.trunk_of(modality)
         if enc.init != "random" or enc.lock:
             what = f"{where}.lock" if enc.lock else f"{where}.init: {enc.init}"
-            trunk = self.cfg.trunk_of(modality)
             if trunk not in FEATURE_TRUNKS or enc.input != "emb":
                 raise ParamsError(f"{what} maps the frozen features themselves: it needs model.trunk (or "
                                   f"{where}.trunk) linear or kernel and {where}.input: emb (got trunk {trunk}, "
@@ -82,7 +82,7 @@ class PairModel(nn.Module):
             if feature_dim != self.cfg.embed_dim:
                 raise ParamsError(f"{what}: the {modality} features have {feature_dim} dims (features.{modality}."
                                   f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
-        if self.cfg.trunk_of(modality) in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
+        if trunk in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
             raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
         return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
 
