@@ -12,6 +12,8 @@ faster moment of a shared machine does not favour one of them.
 - `recomputed-lse`: the configured model with the mixture similarity's backward pass recomputing its one chunk of
   products instead of keeping the forward pass's softmax weights (`geometry.blockwise.KEEP_WEIGHTS` off);
 - `no-composer`: the same without the compositional layer (`model.composer.enabled: false`);
+- `no-hierarchy`: the same without the hierarchy terms (the mixtures' variance order and inclusion, the cones'
+  entailment and aperture order, the contrastive term over each level), so without encoding the general descriptions;
 - `point`: the same encoders, `model.geometry: point` through MainCriterion (InfoNCE over cosines, group-aware);
 - `clip`: the same encoders and point head, with OpenCLIP's plain ClipLoss in place of MainCriterion (normalised
   features, one matmul, cross-entropy both ways against the diagonal): the OpenCLIP-equivalent baseline.
@@ -65,7 +67,7 @@ class PlainClipLoss(nn.Module):
         self.uses_hierarchy = False
 
     def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
-                soft_rows: Any = None) -> dict[str, Tensor]:
+                soft_rows: Any = None, hierarchy_share: float = 1.0) -> dict[str, Tensor]:
         fa, fb = F.normalize(a.mu[:, 0], dim=-1), F.normalize(b.mu[:, 0], dim=-1)
         logits = self.log_logit_scale.exp() * fa @ fb.T
         labels = torch.arange(len(fa), device=fa.device)
@@ -78,6 +80,10 @@ def variant_params(params: Params, name: str) -> Params:
         return params
     if name == "no-composer":
         return replace(params, model=replace(params.model, composer=replace(params.model.composer, enabled=False)))
+    if name == "no-hierarchy":
+        return replace(params, loss=replace(params.loss, variance_order_weight=0.0, inclusion_weight=0.0,
+                                            entailment_weight=0.0, aperture_weight=0.0,
+                                            hierarchy_contrastive_weight=0.0))
     # the point geometry keeps the configured composer; plain CLIP has none (it is the OpenCLIP baseline)
     composer = replace(params.model.composer, enabled=params.model.composer.enabled and name == "point")
     model = replace(params.model, geometry="point", n_components=1, composer=composer)
@@ -128,7 +134,7 @@ def bench_variants(params: Params, steps: int, rounds: int) -> tuple[dict[str, f
     tokenizer = load_tokenizer(params.loader.tokenizer) if needs_tokens(params) else None
     vocab = len(tokenizer) if tokenizer is not None else None
     batches = read_batches(params, steps)
-    names = ["configured", "unfused-adamw", "recomputed-lse", "no-composer", "point", "clip"]
+    names = ["configured", "unfused-adamw", "recomputed-lse", "no-composer", "no-hierarchy", "point", "clip"]
     built = {name: build(params, name, index, vocab) for name in names}
     for name, (module, optimizer) in built.items():  # one warm-up step each
         blockwise.KEEP_WEIGHTS = name != "recomputed-lse"
@@ -223,6 +229,8 @@ def main() -> None:
         "configured_over_point": round(rates["configured"] / rates["point"], 3),
         # the compositional layer's share of the configured step's time
         "composer_share": round(1 - rates["configured"] / rates["no-composer"], 3),
+        # the hierarchy terms' share (with the general descriptions' encoding)
+        "hierarchy_share": round(1 - rates["configured"] / rates["no-hierarchy"], 3),
         "fused_over_unfused": round(rates["configured"] / rates["unfused-adamw"], 3),
         "kept_over_recomputed_lse": round(rates["configured"] / rates["recomputed-lse"], 3),
         "adamw_step_ms": {"fused": adamw_ms["configured"], "unfused": adamw_ms["unfused-adamw"]},

@@ -102,13 +102,15 @@ OPTIONS: dict[str, list[str]] = {
     "margins-aperture": ["loss.entailment_margins=[0.0, 0.05, 0.1]", "loss.aperture_weight=0.5"],
     "levels": ["loss.hierarchy_contrastive_weight=0.5"],
     "temperature": ["loss.uncertainty_temperature=1.0"],
+    "variance-order": ["loss.variance_order_weight=1.0", "loss.variance_order_gap=0.2"],  # params.yaml's since 12-02
+    "no-variance-order": ["loss.variance_order_weight=0"],  # the mixtures' recipe before the variance order
     "isotropic": ["model.variance=isotropic"],
     "isotropic-temperature": ["model.variance=isotropic", "loss.uncertainty_temperature=1.0"],
 }
 GEOMETRY_OPTIONS = {"point": ("base", "pcmepp", "levels"),
                     "mixture": ("base", "pcmepp", "pcmepp-pseudo", "pcmepp-pseudo-warm", "pcmepp-mixup", "vib-0",
                                 "vib-1e-3", "inclusion", "levels", "temperature", "isotropic",
-                                "isotropic-temperature"),
+                                "isotropic-temperature", "variance-order", "no-variance-order"),
                     "cone": ("base", "pcmepp", "margins-aperture", "levels")}
 MODELS |= {f"{option}@{g}": [f"model.geometry={g}", *OPTIONS[option]]
            for g, options in GEOMETRY_OPTIONS.items() for option in options}

@@ -95,7 +95,9 @@ def test_the_model_holds_the_configured_similarity_and_the_loss_scores_with_it()
     ("cone", {"entailment_weight": 0.2}, True), ("cone", {"entailment_weight": 0.0}, False),
     ("cone", {"entailment_weight": 0.0, "aperture_weight": 0.1}, True),
     ("mixture", {"inclusion_weight": 0.1}, True), ("point", {"inclusion_weight": 0.1}, False),
-    ("mixture", {"entailment_weight": 0.2}, False), ("point", {"hierarchy_contrastive_weight": 0.1}, True),
+    ("mixture", {"entailment_weight": 0.2, "variance_order_weight": 0.0}, False),
+    ("mixture", {"variance_order_weight": 1.0}, True), ("point", {"variance_order_weight": 1.0}, False),
+    ("point", {"hierarchy_contrastive_weight": 0.1}, True),
 ])
 def test_the_hierarchy_is_encoded_only_for_a_term_of_the_geometry(geometry, loss, uses):
     cfg = LossConfig(**{"entailment_weight": 0.0, "inclusion_weight": 0.0, "aperture_weight": 0.0,

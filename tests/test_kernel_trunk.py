@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from multigeometry.config import EncoderConfig, KernelConfig, ModelConfig, PairSpec, ParamsError, params_from_dict
+from multigeometry.geometry.cone import cone_from_raw
+from multigeometry.geometry.mixture import bound_logvar
 from multigeometry.inference import load_trained
 from multigeometry.models.backbones import FeatureInput, KernelFeatures
 from multigeometry.models.pair_model import PairModel
@@ -204,3 +206,32 @@ def test_without_a_val_split_the_start_is_not_validated(tiny_trained, tmp_path):
     curve = (run_reports_dir(noval, copy) / "plots/loss.csv").read_text().splitlines()
     assert curve[1].split(",")[0] != "0"  # the first row is a training step
     assert read_train_metrics(noval, copy)["selected"]["model"] == "last"
+
+
+@pytest.mark.parametrize("geometry", ["mixture", "cone"])
+def test_the_uncertainty_can_read_the_stored_features_while_the_mean_reads_normalised_ones(geometry):
+    """`model.uncertainty_input: features`: the rest map (weights and variances, aperture) reads the shards' features
+    as stored, the mean map the standardised ones or the kernel similarities; a modality without features is refused."""
+    cfg = ModelConfig(geometry=geometry, embed_dim=4, feature_norm="standardize", uncertainty_input="features",
+                      audio=EncoderConfig(trunk="kernel"), text=EncoderConfig(lock=True))
+    stats = {f"{m}.emb": {"mean": [1.0] * d, "std": [2.0] * d} for m, d in (("audio", 5), ("text", 4))}
+    model = PairModel(cfg, ["audio", "text"], feature_dims={"audio": 5, "text": 4}, feature_stats=stats,
+                      train_samples=8)
+    assert model.heads["audio"].rest.in_features == 5  # the raw features, not the 8 kernel similarities
+    assert model.heads["audio"].mean.proj.in_features == 8
+    gen = torch.Generator().manual_seed(0)
+    batch = {"audio.emb": torch.randn(3, 5, generator=gen), "text.emb": torch.randn(3, 4, generator=gen)}
+    got = model.encode(batch, "text")
+    head = model.heads["text"]
+    want_mean = torch.nn.functional.normalize((batch["text.emb"] - 1.0) / 2.0, dim=-1)
+    if geometry == "mixture":
+        torch.testing.assert_close(got.mu[:, 0], want_mean)
+        raw_logvar = head.rest(batch["text.emb"])[:, head.k:].reshape(3, head.k, 4)
+        torch.testing.assert_close(got.logvar, bound_logvar(raw_logvar, cfg.logvar_min, cfg.logvar_max))
+    else:
+        torch.testing.assert_close(got.direction, want_mean)
+        torch.testing.assert_close(got.theta, cone_from_raw(want_mean, head.rest(batch["text.emb"])[:, 0],
+                                                            cfg.theta_min, cfg.theta_max).theta)
+    with pytest.raises(ParamsError, match="uncertainty_input: features reads the shards' image features"):
+        PairModel(replace(cfg, image=EncoderConfig(input="raw", trunk="mlp")), ["image", "text"],
+                  feature_dims={"text": 4}, feature_stats=stats)

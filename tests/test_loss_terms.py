@@ -23,6 +23,7 @@ from multigeometry.losses import (
     info_nce,
     pair_labels,
     sigmoid_pairwise_loss,
+    variance_order_loss,
 )
 from multigeometry.training.objective import mix_features
 
@@ -95,6 +96,31 @@ def test_margins_and_the_aperture_order():
     assert hierarchy.levels().tolist() == [0, 1, 0, 1]
 
 
+def test_the_variance_order_asks_general_mixtures_to_spread_wider():
+    """The mixtures' aperture order on log total variance: nothing to pay when every outer mixture is wider by the gap,
+    the hinge of the shortfall per kind of pair otherwise."""
+    _captions, _items, cones = _chain()
+    mu = F.normalize(torch.randn(4, 1, 8, generator=torch.Generator().manual_seed(3)), dim=-1)
+
+    def spread(logvar: list[float], rows: torch.Tensor) -> MixtureParams:  # one component, isotropic log-variance
+        m = mu[rows]
+        return MixtureParams(torch.zeros(len(rows), 1), m, torch.tensor(logvar)[:, None, None].expand_as(m))
+
+    items = spread([-9.0, -9.0], torch.tensor([0, 1]))
+    captions = spread([-8.0, -8.0], torch.tensor([0, 1]))
+    general = spread([-6.0, -7.0, -6.0, -7.0], torch.tensor([0, 0, 1, 1]))
+    nested = Hierarchy(general, cones.owner, cones.parent)
+    assert float(variance_order_loss(captions, items, nested, 0.5)) == 0.0  # each level e-fold wider, gap 0.5
+    # the general levels as narrow as the captions: general ⊇ caption and parent ⊇ general each fall short by the gap
+    flat = Hierarchy(spread([-8.0] * 4, torch.tensor([0, 0, 1, 1])), cones.owner, cones.parent)
+    torch.testing.assert_close(variance_order_loss(captions, items, flat, 0.5), torch.tensor(1.0))
+    flat_cfg = LossConfig(variance_order_weight=0.5, variance_order_gap=0.5, entailment_weight=0.0,
+                          aperture_weight=0.0)
+    out = MainCriterion(flat_cfg, ModelConfig(geometry="mixture", embed_dim=8, n_components=1))(
+        items, captions, torch.arange(2), flat)  # (a, b): the captions are side b
+    torch.testing.assert_close(out["variance_order"], torch.tensor(1.0))
+
+
 def test_hierarchy_contrastive_is_an_infonce_per_level():
     _captions, items, hierarchy = _chain()
     crit = MainCriterion(LossConfig(), ModelConfig(geometry="cone"))
@@ -112,7 +138,8 @@ def test_hierarchy_contrastive_is_an_infonce_per_level():
 def test_each_option_trains_through_the_criterion(geometry):
     torch.manual_seed(0)
     cfg = LossConfig(objective="sigmoid", pseudo_positive_weight=0.2, inclusion_weight=0.5, aperture_weight=0.5,
-                     hierarchy_contrastive_weight=0.5, entailment_weight=0.5, entailment_margins=(0.05,))
+                     hierarchy_contrastive_weight=0.5, entailment_weight=0.5, entailment_margins=(0.05,),
+                     variance_order_weight=0.5)
     model_cfg = ModelConfig(geometry=geometry, embed_dim=8, n_components=1 if geometry == "point" else 2)
     crit = MainCriterion(cfg, model_cfg)
     assert "logit_bias" in dict(crit.named_parameters())
@@ -132,7 +159,7 @@ def test_each_option_trains_through_the_criterion(geometry):
     out = crit(dist(raw), dist(raw * 0.9), torch.arange(4), hierarchy)
     assert torch.isfinite(out["loss"]) and "hierarchy_contrastive" in out
     assert ("entailment" in out and "aperture_order" in out) == (geometry == "cone")
-    assert ("inclusion" in out) == (geometry == "mixture")
+    assert ("inclusion" in out and "variance_order" in out) == (geometry == "mixture")
     out["loss"].backward()
     assert raw.grad is not None and bool(torch.isfinite(raw.grad).all())
     with pytest.raises(ValueError, match="objective: sigmoid"):

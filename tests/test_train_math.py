@@ -105,7 +105,7 @@ def test_two_ranks_give_the_gradients_of_one_process(geometry: str, tmp_path: Pa
         torch.testing.assert_close(ddp_grads[name], reference[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("geometry", ["mixture", "point"])
+@pytest.mark.parametrize("geometry", ["mixture", "point", "cone"])
 def test_accumulation_with_cached_features_keeps_the_batch_whole(geometry: str):
     reference = single(geometry)
     module = make_module(geometry)

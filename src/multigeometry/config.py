@@ -475,6 +475,11 @@ class ModelConfig:
     # the code encoder: starts from the text model's space, which embeds the code too
     code: EncoderConfig = field(default_factory=lambda: EncoderConfig(init="identity"))
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)  # the video encoder
+    # what a head's uncertainty part (mixture weights and variances, cone aperture) reads: "trunk", what its mean map
+    # reads (the features after model.feature_norm and the trunk); "features", the shards' features as stored, for
+    # every modality with input: emb (a clip's frames averaged), so the mean can read standardised features or kernel
+    # similarities while the uncertainty reads the raw ones (BENCHMARKS.md, "The per-modality recipe")
+    uncertainty_input: Literal["trunk", "features"] = "trunk"
     n_components: int = bounded(2, min=1, max=64)  # mixture components K
     # a mixture component's variance: diagonal (one per dimension, PCME++'s) or isotropic (one per component, a head
     # of K outputs instead of K x embed_dim)
@@ -543,6 +548,11 @@ class LossConfig:
     # mixtures (ProLIP): a general description's distribution includes the caption's, the caption's the item's
     inclusion_weight: float = bounded(0.0, min=0.0)
     inclusion_scale: float = bounded(1.0, min=1e-6)  # slope of the inclusion test inside its log-sigmoid
+    # mixtures: a more general description's total variance is larger, by variance_order_gap in its log (the cones'
+    # aperture order, read the way the evaluation reads a mixture's uncertainty); what made the mixtures' uncertainty
+    # and hierarchy pay (BENCHMARKS.md, "The variance order")
+    variance_order_weight: float = bounded(1.0, min=0.0)
+    variance_order_gap: float = bounded(0.2, min=0.0)  # how much larger, in log total variance, per step up
     # cones: margins of the entailment, per step up the hierarchy (caption over item, first general level over the
     # caption, then each level over the next; the last margin repeats). With the aperture order below, the best cone
     # option on the real sets and world-hard (BENCHMARKS.md, "Cone options toward containment AUC")

@@ -64,6 +64,9 @@ class Hierarchy:
     parent: Tensor | None = None
     caption_side: Literal["a", "b"] = "b"
     key: Tensor | None = None
+    # the batch rows whose caption ⊇ item pairs the hierarchy terms take (all when None): one micro-batch's under
+    # gradient accumulation, where the sides hold the whole accumulated batch
+    rows: Tensor | None = None
 
     def levels(self) -> Tensor:
         """Each description's level, 0 for the most general (its chain of parents; parents come before children)."""
@@ -304,7 +307,8 @@ def hierarchy_pairs(
 ) -> list[tuple[Distribution, Distribution, int]]:
     """The (outer, inner, step) pairs a hierarchy implies, row-aligned: caption_i ⊇ item_i (step 0), general_m ⊇
     caption_owner[m] (step 1: the most specific general level; others by their distance), parent ⊇ general_m."""
-    pairs = [(captions, items, 0)]
+    rows = hierarchy.rows
+    pairs = [(captions, items, 0) if rows is None else (captions.select(rows), items.select(rows), 0)]
     general, owner = hierarchy.general, hierarchy.owner
     if owner.numel() > 0:
         pairs.append((general, captions.select(owner), 1))
@@ -333,13 +337,26 @@ def entailment_loss(captions: ConeParams, items: ConeParams, hierarchy: Hierarch
     return total
 
 
+def generality_order_loss(captions: Distribution, items: Distribution, hierarchy: Hierarchy, gap: float,
+                          measure: Callable[[Distribution], Tensor]) -> Tensor:
+    """Generality in the uncertainty: every outer distribution of the hierarchy more uncertain than its inner one by
+    `gap` as `measure` reads it, relu(measure(inner) − measure(outer) + gap), averaged per kind of pair and summed."""
+    terms = [F.relu(measure(inner) - measure(outer) + gap).mean()
+             for outer, inner, _step in hierarchy_pairs(captions, items, hierarchy)]
+    return torch.stack(terms).sum()
+
+
 def aperture_order_loss(captions: ConeParams, items: ConeParams, hierarchy: Hierarchy, gap: float) -> Tensor:
     """Generality in the aperture (MERU, HyCoCLIP): every outer cone of the hierarchy wider than its inner one by
-    `gap` radians, relu(θ_inner − θ_outer + gap), averaged per kind of pair and summed."""
-    total = captions.theta.new_zeros(())
-    for outer, inner, _step in hierarchy_pairs(captions, items, hierarchy):
-        total = total + F.relu(inner.theta - outer.theta + gap).mean()
-    return total
+    `gap` radians."""
+    return generality_order_loss(captions, items, hierarchy, gap, lambda cone: cone.theta)
+
+
+def variance_order_loss(captions: MixtureParams, items: MixtureParams, hierarchy: Hierarchy, gap: float) -> Tensor:
+    """The mixtures' aperture order: every outer mixture of the hierarchy spread wider than its inner one, its log
+    total variance (the uncertainty the evaluation reads) larger by `gap`."""
+    return generality_order_loss(captions, items, hierarchy, gap,
+                                 lambda mixture: mixture_total_variance(mixture).clamp_min(1e-12).log())
 
 
 def inclusion_loss(captions: MixtureParams, items: MixtureParams, hierarchy: Hierarchy, scale: float) -> Tensor:
@@ -424,22 +441,30 @@ def _mixture_regularisers(cfg: LossConfig, sinkhorn: SinkhornOTLoss, a: MixtureP
     return terms
 
 
+def _active_terms(candidates: list[tuple[str, float, Callable[[], Tensor]]]) -> list[Term]:
+    """The (name, weight, value) of each candidate term whose weight is on, computed only then."""
+    return [(name, weight, value()) for name, weight, value in candidates if weight > 0]
+
+
 def _cone_hierarchy_terms(cfg: LossConfig, captions: ConeParams, items: ConeParams, hierarchy: Hierarchy) -> list[Term]:
-    terms: list[Term] = []
-    if cfg.entailment_weight > 0:
-        terms.append(("entailment", cfg.entailment_weight,
-                      entailment_loss(captions, items, hierarchy, cfg.entailment_margins)))
-    if cfg.aperture_weight > 0:
-        terms.append(("aperture_order", cfg.aperture_weight,
-                      aperture_order_loss(captions, items, hierarchy, cfg.aperture_gap)))
-    return terms
+    return _active_terms([
+        ("entailment", cfg.entailment_weight,
+         lambda: entailment_loss(captions, items, hierarchy, cfg.entailment_margins)),
+        ("aperture_order", cfg.aperture_weight,
+         lambda: aperture_order_loss(captions, items, hierarchy, cfg.aperture_gap)),
+    ])
 
 
 def _mixture_hierarchy_terms(cfg: LossConfig, captions: MixtureParams, items: MixtureParams,
                              hierarchy: Hierarchy) -> list[Term]:
-    if cfg.inclusion_weight > 0 and captions.logvar is not None and items.logvar is not None:
-        return [("inclusion", cfg.inclusion_weight, inclusion_loss(captions, items, hierarchy, cfg.inclusion_scale))]
-    return []
+    if captions.logvar is None or items.logvar is None:  # points: no spread to include or order
+        return []
+    return _active_terms([
+        ("inclusion", cfg.inclusion_weight,
+         lambda: inclusion_loss(captions, items, hierarchy, cfg.inclusion_scale)),
+        ("variance_order", cfg.variance_order_weight,
+         lambda: variance_order_loss(captions, items, hierarchy, cfg.variance_order_gap)),
+    ])
 
 
 @dataclass(frozen=True)
@@ -458,7 +483,8 @@ class GeometryTerms:
 GEOMETRY_TERMS: dict[str, GeometryTerms] = {
     # inclusion needs variances, which points have not
     "mixture": GeometryTerms(_mixture_regularisers, _mixture_hierarchy_terms,
-                             lambda cfg, geometry: geometry == "mixture" and cfg.inclusion_weight > 0),
+                             lambda cfg, geometry: geometry == "mixture"
+                             and (cfg.inclusion_weight > 0 or cfg.variance_order_weight > 0)),
     "cone": GeometryTerms(hierarchy=_cone_hierarchy_terms,
                           uses_hierarchy=lambda cfg, _: cfg.entailment_weight > 0 or cfg.aperture_weight > 0),
 }
@@ -549,8 +575,11 @@ class MainCriterion(nn.Module):
         group_ids: Tensor | None = None,
         hierarchy: Hierarchy | None = None,
         soft_rows: tuple[Tensor, Tensor] | None = None,
+        hierarchy_share: float = 1.0,
     ) -> dict[str, Tensor]:
-        """`soft_rows` = (λ, partner): rows whose first side's inputs were mixed with their partner's (loss.mixup)."""
+        """`soft_rows` = (λ, partner): rows whose first side's inputs were mixed with their partner's (loss.mixup).
+        `hierarchy_share` weighs the hierarchy terms, which see only the rows of `hierarchy` (one micro-batch's under
+        gradient accumulation: each pass adds its share, so that the passes sum to the batch's mean)."""
         self._check(a, b, group_ids)
         cfg = self.cfg
         if cfg.objective == "sigmoid":
@@ -563,7 +592,7 @@ class MainCriterion(nn.Module):
             if weight:
                 weighted = weighted + weight * value
         if hierarchy is not None:
-            weighted = weighted + self._hierarchy_terms(a, b, hierarchy, terms)
+            weighted = weighted + hierarchy_share * self._hierarchy_terms(a, b, hierarchy, terms)
         terms["logit_scale"] = self.logit_scale().detach()
         terms["loss"] = weighted
         return terms

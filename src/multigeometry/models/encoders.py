@@ -121,6 +121,11 @@ class ModalityEncoder(nn.Module, abc.ABC):
     def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """The trunk's arguments for ``input: raw``, read from the batch."""
 
+    def stored_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The shards' features of this modality as they are stored, before ``model.feature_norm`` and the trunk
+        (``model.uncertainty_input: features``); (B, dim)."""
+        return self._get(batch, f"{self.modality}.emb")
+
     def _get(self, batch: dict[str, Any], key: str) -> Any:
         if key not in batch:
             raise KeyError(
@@ -188,6 +193,10 @@ class VideoEncoder(ModalityEncoder):
 
     def raw_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         return (self._get(batch, "video"),)
+
+    def stored_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The clip's frame features averaged over its frames."""
+        return self._get(batch, "video.emb").mean(dim=1)
 
 
 ENCODERS: dict[str, type[ModalityEncoder]] = {

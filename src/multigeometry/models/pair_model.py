@@ -84,7 +84,16 @@ class PairModel(nn.Module):
                                   f"model); model.embed_dim must be the same, got {self.cfg.embed_dim}")
         if trunk in FEATURE_TRUNKS and enc.feature_noise and enc.input != "emb":
             raise ParamsError(f"{where}.feature_noise applies to shard features (input: emb)")
-        return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock)
+        rest_dim = feature_dim if self._rest_reads_features(modality) else None
+        return make_head(self.encoders[modality].out_dim, self.cfg, init=enc.init, lock=enc.lock, rest_dim=rest_dim)
+
+    def _rest_reads_features(self, modality: str) -> bool:
+        if self.cfg.uncertainty_input != "features":
+            return False
+        if not self.encoders[modality].reads_features:
+            raise ParamsError(f"model.uncertainty_input: features reads the shards' {modality} features, but "
+                              f"model.{modality}.input is raw; use input: emb, or model.uncertainty_input: trunk")
+        return True
 
     @classmethod
     def from_index(cls, params: Params, index: dict[str, Any], vocab_size: int | None = None) -> PairModel:
@@ -106,7 +115,10 @@ class PairModel(nn.Module):
 
     def encode(self, inputs: Mapping[str, Any], modality: str) -> Distribution:
         """The distributions of `modality` from the encoders' inputs (`Batch.inputs`, or a mapping of them)."""
-        return self.heads[modality](self.encoders[modality](inputs))
+        encoder = self.encoders[modality]
+        if self.cfg.uncertainty_input == "features":
+            return self.heads[modality](encoder(inputs), encoder.stored_features(inputs))
+        return self.heads[modality](encoder(inputs))
 
     def forward(self, batch: Batch, modalities: Iterable[str] | None = None) -> dict[str, Distribution]:
         wanted = self.modalities if modalities is None else modalities

@@ -24,14 +24,19 @@ from multigeometry.models.pair_model import PairModel
 def hierarchy_for_rows(batch: Batch, general: Distribution, keep: Tensor, side: str) -> Hierarchy | None:
     """The batch's hierarchy restricted to the rows `keep` (a bool mask), re-indexed to the selected rows."""
     owner, parent = batch.general.owner.to(keep.device), batch.hierarchy_parent.to(keep.device)
+    if parent.numel() not in (0, owner.numel()):
+        raise ValueError(f"the batch's hierarchy_parent has {parent.numel()} entries for {owner.numel()} general "
+                         "descriptions (none, or one each)")
     kept_entries = keep[owner]
     if not bool(kept_entries.any()):
         return None
     new_row = torch.cumsum(keep.long(), 0) - 1
     new_entry = torch.cumsum(kept_entries.long(), 0) - 1
     idx = torch.nonzero(kept_entries).squeeze(1)
-    old_parent = parent[idx]
-    remapped = torch.where(old_parent >= 0, new_entry[old_parent.clamp_min(0)], old_parent)
+    remapped = None  # no parents given: every description is its row's most general
+    if parent.numel():
+        old_parent = parent[idx]
+        remapped = torch.where(old_parent >= 0, new_entry[old_parent.clamp_min(0)], old_parent)
     return Hierarchy(
         general=select_rows(general, idx),
         owner=new_row[owner[idx]],
@@ -156,8 +161,10 @@ class TrainModule(nn.Module):
                 own = hierarchy_for_rows(batch, general, masks[slot], "b" if b == "text" else "a")
                 if own is not None:  # the hierarchy is local to this micro-batch: offset its owners into the concat
                     offset = sum(int(m.sum()) for m in masks[:slot])
-                    hierarchy = Hierarchy(own.general, own.owner + offset, own.parent, own.caption_side, own.key)
-            out = self.criterion(side_a, side_b, groups, hierarchy, soft_rows)
+                    local = torch.arange(offset, offset + int(masks[slot].sum()), device=device)
+                    hierarchy = Hierarchy(own.general, own.owner + offset, own.parent, own.caption_side, own.key,
+                                          local if len(batches) > 1 else None)
+            out = self.criterion(side_a, side_b, groups, hierarchy, soft_rows, hierarchy_share=1 / len(batches))
             total = total + weight * out["loss"]
             for name, value in out.items():
                 if name != "loss":
