@@ -67,7 +67,7 @@ class PlainClipLoss(nn.Module):
         self.uses_hierarchy = False
 
     def forward(self, a: Any, b: Any, group_ids: Tensor | None = None, hierarchy: Any = None,
-                soft_rows: Any = None, hierarchy_share: float = 1.0) -> dict[str, Tensor]:
+                soft_rows: Any = None) -> dict[str, Tensor]:
         fa, fb = F.normalize(a.mu[:, 0], dim=-1), F.normalize(b.mu[:, 0], dim=-1)
         logits = self.log_logit_scale.exp() * fa @ fb.T
         labels = torch.arange(len(fa), device=fa.device)

@@ -68,6 +68,11 @@ class Hierarchy:
     # gradient accumulation, where the sides hold the whole accumulated batch
     rows: Tensor | None = None
 
+    def share(self, batch_size: int) -> float:
+        """The weight of the hierarchy terms in a batch of `batch_size` rows: the share of them in `rows`, so that
+        the passes of an accumulated batch, each over its micro-batch's rows, sum to the whole batch's mean."""
+        return 1.0 if self.rows is None else len(self.rows) / batch_size
+
     def levels(self) -> Tensor:
         """Each description's level, 0 for the most general (its chain of parents; parents come before children)."""
         level = torch.zeros(len(self.owner), dtype=torch.long, device=self.owner.device)
@@ -575,11 +580,8 @@ class MainCriterion(nn.Module):
         group_ids: Tensor | None = None,
         hierarchy: Hierarchy | None = None,
         soft_rows: tuple[Tensor, Tensor] | None = None,
-        hierarchy_share: float = 1.0,
     ) -> dict[str, Tensor]:
-        """`soft_rows` = (λ, partner): rows whose first side's inputs were mixed with their partner's (loss.mixup).
-        `hierarchy_share` weighs the hierarchy terms, which see only the rows of `hierarchy` (one micro-batch's under
-        gradient accumulation: each pass adds its share, so that the passes sum to the batch's mean)."""
+        """`soft_rows` = (λ, partner): rows whose first side's inputs were mixed with their partner's (loss.mixup)."""
         self._check(a, b, group_ids)
         cfg = self.cfg
         if cfg.objective == "sigmoid":
@@ -592,7 +594,7 @@ class MainCriterion(nn.Module):
             if weight:
                 weighted = weighted + weight * value
         if hierarchy is not None:
-            weighted = weighted + hierarchy_share * self._hierarchy_terms(a, b, hierarchy, terms)
+            weighted = weighted + hierarchy.share(a.batch_size) * self._hierarchy_terms(a, b, hierarchy, terms)
         terms["logit_scale"] = self.logit_scale().detach()
         terms["loss"] = weighted
         return terms

@@ -164,7 +164,7 @@ class TrainModule(nn.Module):
                     local = torch.arange(offset, offset + int(masks[slot].sum()), device=device)
                     hierarchy = Hierarchy(own.general, own.owner + offset, own.parent, own.caption_side, own.key,
                                           local if len(batches) > 1 else None)
-            out = self.criterion(side_a, side_b, groups, hierarchy, soft_rows, hierarchy_share=1 / len(batches))
+            out = self.criterion(side_a, side_b, groups, hierarchy, soft_rows)
             total = total + weight * out["loss"]
             for name, value in out.items():
                 if name != "loss":
